@@ -1,0 +1,3 @@
+"""pyctl: bare-metal GPU servers to a verified Kubernetes training cluster, with Ansible."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""Argument parsing only. Each command imports its implementation lazily, so `pyctl --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pyctl import __version__
+
+app = typer.Typer(
+    name="pyctl",
+    help="Turn bare-metal GPU servers into a verified Kubernetes training cluster, with Ansible.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+inventory_app = typer.Typer(help="Validate inventories.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(inventory_app, name="inventory")
+
+InventoryOpt = Annotated[
+    Path, typer.Option("--inventory", "-i", help="Ansible inventory (INI or YAML).", show_default=False)
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pyctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    traceback: Annotated[
+        bool, typer.Option("--traceback", help="Show the Python traceback when pyctl fails.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Turn bare-metal GPU servers into a verified Kubernetes training cluster, with Ansible."""
+
+
+@inventory_app.command("check")
+def inventory_check(
+    file: Annotated[Path, typer.Argument(help="Inventory file (INI or YAML).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Validate an inventory without touching any host; print its hosts or every problem found."""
+    from pyctl.commands.inventory import run_check
+
+    raise typer.Exit(run_check(file, as_json))
+
+
+def _handle(exc: BaseException, show_traceback: bool) -> int:
+    """Map an exception to one clear stderr line and an exit code."""
+    from pyctl.errors import ExitCode, PyctlError
+
+    if show_traceback and not isinstance(exc, typer.Exit):
+        import traceback
+
+        traceback.print_exception(exc)
+    if isinstance(exc, typer.Exit):
+        return exc.exit_code
+    if isinstance(exc, PyctlError):
+        from pyctl import console
+
+        console.err().print(f"pyctl: error: {exc.message}", markup=False)
+        if exc.hint:
+            console.err().print(f"pyctl: hint: {exc.hint}", markup=False)
+        return int(exc.exit_code)
+    if isinstance(exc, (KeyboardInterrupt, typer.Abort)):
+        sys.stderr.write("pyctl: interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, typer.exceptions.TyperException) and hasattr(exc, "show"):
+        exc.show()  # a usage error: click prints it with the usage line
+        return int(ExitCode.USAGE)
+    sys.stderr.write(f"pyctl: internal error: {type(exc).__name__}: {exc} (run again with --traceback)\n")
+    return 70
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in args
+    try:
+        result = app(args=args, prog_name="pyctl", standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - this is the one place that turns errors into exit codes
+        if isinstance(exc, SystemExit):
+            raise
+        return _handle(exc, show_traceback)
+    return int(result or 0)
