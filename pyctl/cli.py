@@ -35,9 +35,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    traceback: Annotated[
-        bool, typer.Option("--traceback", help="Show the Python traceback when pyctl fails.")
-    ] = False,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python traceback when pyctl fails.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -54,6 +52,22 @@ def inventory_check(
     from pyctl.commands.inventory import run_check
 
     raise typer.Exit(run_check(file, as_json))
+
+
+@app.command()
+def bootstrap(
+    inventory: InventoryOpt,
+    phases: Annotated[
+        str | None, typer.Option("--phases", help="Comma-separated phases to run (default: all, in order).")
+    ] = None,
+    limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these hosts or groups.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
+) -> None:
+    """Take the hosts of an inventory to a cluster, phase by phase, with live progress."""
+    from pyctl.commands.bootstrap import run
+
+    raise typer.Exit(run(inventory, phases, limit, check, verbose))
 
 
 def _handle(exc: BaseException, show_traceback: bool) -> int:
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     show_traceback = "--traceback" in args
     try:
         result = app(args=args, prog_name="pyctl", standalone_mode=False)
-    except BaseException as exc:  # noqa: BLE001 - this is the one place that turns errors into exit codes
+    except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         return _handle(exc, show_traceback)

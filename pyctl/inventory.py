@@ -49,7 +49,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "nfs_allowed_cidr": "",  # empty: the network of the cluster hosts' addresses
 }
 _KUBERNETES_VERSION = re.compile(r"^1\.(\d+)(\.\d+)?$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 # Ansible parses INI values with ast.literal_eval, so `True`/`False` arrive as bools.
@@ -338,7 +340,10 @@ def _host_problems(name: str, address: str, hvars: dict[str, Any], lines: dict[s
     if "gpu" in hvars and _gpu_value(hvars["gpu"]) is None:
         problems.append(
             Problem(
-                "gpu", f"{hvars['gpu']!r} is not a boolean (use gpu=true or gpu=false)", host=name, line=lines.get("gpu")
+                "gpu",
+                f"{hvars['gpu']!r} is not a boolean (use gpu=true or gpu=false)",
+                host=name,
+                line=lines.get("gpu"),
             )
         )
     if not _valid_address(address):
@@ -385,9 +390,7 @@ def _group_problems(cluster: Cluster, groups: set[str], text: str) -> list[Probl
             )
     control = cluster.group(CONTROL_PLANE)
     if not control:
-        problems.append(
-            Problem("groups", f"no control plane: put exactly one host in the {CONTROL_PLANE!r} group")
-        )
+        problems.append(Problem("groups", f"no control plane: put exactly one host in the {CONTROL_PLANE!r} group"))
     elif len(control) > 1:
         names = ", ".join(h.name for h in control)
         problems.append(

@@ -1,0 +1,72 @@
+"""Scrub known secret shapes from text and from event data before anything is written or shown.
+
+Shapes: kubeadm bootstrap tokens, kubeadm certificate keys, PEM blocks (keys and certificates),
+kubeconfig credential fields, bearer tokens and passwords in URLs. `no_log` results never carry
+the secret in the first place (Ansible censors them); this is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "<redacted>"
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # PEM blocks: private keys, certificates, CSRs.
+    (
+        re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?(?:-----END \1-----|\Z)", re.DOTALL),
+        rf"-----BEGIN \1-----{MASK}-----END \1-----",
+    ),
+    # Base64 of "-----BEGIN" (kubeconfig *-data fields and the like).
+    (re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/=]*"), MASK),
+    # kubeconfig credential fields.
+    (
+        re.compile(
+            r"((?:client-key-data|client-certificate-data|certificate-authority-data)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+        ),
+        rf"\1{MASK}",
+    ),
+    # kubeadm certificate keys are 64 hex characters. Digests and CA hashes carry a "sha256:" prefix
+    # and are not secret; any other bare 64-hex string is treated as a key.
+    (re.compile(r"(?<![0-9A-Fa-f:])(?<!sha256=)[0-9a-fA-F]{64}(?![0-9A-Fa-f])"), MASK),
+    # kubeadm bootstrap token: [a-z0-9]{6}.[a-z0-9]{16}
+    (re.compile(r"(?<![A-Za-z0-9])[a-z0-9]{6}\.[a-z0-9]{16}(?![A-Za-z0-9])"), MASK),
+    # Bearer tokens.
+    (re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MASK}"),
+    # Passwords in URLs: scheme://user:password@host
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@"), rf"\1{MASK}@"),
+)
+
+
+def scrub_text(text: str) -> str:
+    """Return `text` with every known secret shape replaced by a mask."""
+    if not text:
+        return text
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def scrub(value: Any) -> Any:
+    """Scrub strings anywhere inside nested dicts, lists and tuples (keys too); return the new value."""
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(scrub(v) for v in value)
+    return value
+
+
+def scrub_in_place(data: dict[str, Any]) -> None:
+    """Scrub a dict in place (the runner writes the same object it hands to us)."""
+    cleaned = scrub(data)
+    data.clear()
+    data.update(cleaned)
+
+
+def contains_secret(text: str) -> bool:
+    return scrub_text(text) != text
