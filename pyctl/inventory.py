@@ -284,7 +284,7 @@ def _load_with_ansible(
 
     all_group = manager.groups["all"]
     all_vars = {k: v for k, v in all_group.get_vars().items()}
-    all_vars.update(get_vars_from_inventory_sources(loader, [str(path)], [all_group], "inventory"))
+    all_vars.update(get_vars_from_inventory_sources(loader, [str(path)], [all_group], "task"))
     lines[""] = {k: line for k, v in all_vars.items() if (line := _line_of(v))}
     all_vars = {k: _plain(v) for k, v in all_vars.items()}
     return hosts, all_vars, lines
@@ -467,7 +467,11 @@ def _settings_problems(cluster: Cluster, lines: dict[str, int]) -> list[Problem]
             problems.append(problem)
         elif allowed is not None and allowed.prefixlen == 0:
             problems.append(
-                Problem("nfs_allowed_cidr", f"{allowed} exports to everyone: give the cluster hosts' network")
+                Problem(
+                    "nfs_allowed_cidr",
+                    f"{allowed} exports to everyone: give the cluster hosts' network",
+                    line=lines.get("nfs_allowed_cidr"),
+                )
             )
     version = settings["kubernetes_version"]
     if not _KUBERNETES_VERSION.match(version):

@@ -72,6 +72,7 @@ class RunState:
     stats: dict[str, dict[str, int]] | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    last_message: str = ""  # of the latest failed, unreachable or ignored result
 
     def host(self, name: str) -> HostState:
         if name not in self.hosts:
@@ -121,6 +122,7 @@ class RunState:
         elif status == "failed" and ignored:
             host.ignored += 1
             status = "ignored"
+            self.last_message = failure_message(result)
         elif status == "failed":
             host.failed += 1
             self._record_failure(host.name, task, result, unreachable=False)
@@ -132,6 +134,7 @@ class RunState:
 
     def _record_failure(self, host: str, task: str, result: dict[str, Any], unreachable: bool) -> None:
         message = failure_message(result)
+        self.last_message = message
         self.failures.append(Failure(host, self.phase, task, message, unreachable, hint_for(message)))
 
     @property
@@ -209,8 +212,8 @@ class PlainView:
             return
         status, host, task = outcome
         line = f"{_clock(state.elapsed)} {status:<11} {host.name:<16} {task}"
-        if status in ("failed", "unreachable") and state.failures:
-            line += f": {state.failures[-1].message}"
+        if status in ("failed", "unreachable", "ignored"):
+            line += f": {state.last_message}"
         self.stream.write(line + "\n")
         self.stream.flush()
 

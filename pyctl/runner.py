@@ -68,17 +68,16 @@ class RunOutcome:
 def new_run_dir(settings: Settings, verb: str) -> Path:
     """Create `<state>/runs/<utc>-<verb>/` (0700) and prune all but the newest `keep_runs`."""
     settings.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     verb = re.sub(r"[^a-z0-9_-]+", "-", verb.lower()).strip("-") or "run"
-    run_dir = settings.runs_dir / f"{stamp}Z-{verb}"
-    suffix = 0
     while True:
+        # Microseconds keep names unique and their order the order of the runs.
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+        run_dir = settings.runs_dir / f"{stamp}Z-{verb}"
         try:
             run_dir.mkdir(mode=0o700)
             break
         except FileExistsError:
-            suffix += 1
-            run_dir = settings.runs_dir / f"{stamp}.{suffix}Z-{verb}"
+            continue
     prune_runs(settings.runs_dir, settings.keep_runs)
     return run_dir
 
