@@ -37,7 +37,9 @@ def project(tmp_path):
     (project / "playbooks" / "secrets.yml").write_text(
         (ROOT / "tests" / "fixtures" / "playbooks" / "secrets.yml").read_text()
     )
-    (project / "playbooks" / "site.yml").write_text("---\n- name: Secrets\n  ansible.builtin.import_playbook: secrets.yml\n")
+    (project / "playbooks" / "site.yml").write_text(
+        "---\n- name: Secrets\n  ansible.builtin.import_playbook: secrets.yml\n"
+    )
     return project
 
 

@@ -11,7 +11,9 @@ from pyctl import cli, phases, runner
 from pyctl.progress import LiveView, RunState, failure_lines, phase_of, recap_table
 from tests.fakes import FakeRunner, load_events
 
-INVENTORY = "[control_plane]\ncp1 ansible_host=10.0.0.1\n[workers]\nw1 ansible_host=10.0.0.2\nghost ansible_host=10.0.0.3\n"
+INVENTORY = (
+    "[control_plane]\ncp1 ansible_host=10.0.0.1\n[workers]\nw1 ansible_host=10.0.0.2\nghost ansible_host=10.0.0.3\n"
+)
 
 
 @pytest.fixture
@@ -138,7 +140,11 @@ def test_failure_lines_trim_long_messages_and_end_with_the_log(tmp_path):
     state.apply(
         {
             "event": "runner_on_failed",
-            "event_data": {"host": "w1", "task": "Install containerd", "res": {"msg": "E: Could not get lock " + "x" * 900}},
+            "event_data": {
+                "host": "w1",
+                "task": "Install containerd",
+                "res": {"msg": "E: Could not get lock " + "x" * 900},
+            },
         }
     )
     lines = failure_lines(state, tmp_path / "pyctl.log")
@@ -166,7 +172,10 @@ def test_phase_selection_and_the_generated_playbook(tmp_path):
     books.mkdir()
     (books / "site.yml").write_text(
         "---\n"
-        + "".join(f"- name: {p}\n  ansible.builtin.import_playbook: {p}.yml\n" for p in ("preflight", "prepare_nodes", "storage"))
+        + "".join(
+            f"- name: {p}\n  ansible.builtin.import_playbook: {p}.yml\n"
+            for p in ("preflight", "prepare_nodes", "storage")
+        )
     )
     known = phases.discover(books)
     assert known == ["preflight", "prepare_nodes", "storage"]

@@ -15,7 +15,9 @@ def test_help_lists_only_working_commands(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "bootstrap" in out and "inventory" in out
-    registered = {c.name or c.callback.__name__ for c in cli.app.registered_commands} | {g.name for g in cli.app.registered_groups}
+    registered = {c.name or c.callback.__name__ for c in cli.app.registered_commands} | {
+        g.name for g in cli.app.registered_groups
+    }
     for name in registered:
         assert name in out
 

@@ -153,7 +153,12 @@ def test_two_nfs_servers(tmp_path):
 
 @pytest.mark.parametrize(
     ("group", "meant"),
-    [("worker", "workers"), ("master", "control_plane"), ("controlplane", "control_plane"), ("nfs-server", "nfs_server")],
+    [
+        ("worker", "workers"),
+        ("master", "control_plane"),
+        ("controlplane", "control_plane"),
+        ("nfs-server", "nfs_server"),
+    ],
 )
 def test_group_names_that_look_like_typos_of_ours(tmp_path, group, meant):
     text = f"[control_plane]\ncp1 ansible_host=10.0.0.1\n\n[{group}]\nw1 ansible_host=10.0.0.2\n"

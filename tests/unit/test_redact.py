@@ -16,10 +16,16 @@ CERT_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
         (f"kubeadm join 10.0.0.1:6443 --token {TOKEN} --discovery-token-ca-cert-hash sha256:{CERT_KEY}", TOKEN),
         (f"--certificate-key {CERT_KEY}", CERT_KEY),
         (f"[upload-certs] Using certificate key:\n{CERT_KEY}\n", CERT_KEY),
-        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfake\n-----END RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEAfake"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfake\n-----END RSA PRIVATE KEY-----",
+            "MIIEowIBAAKCAQEAfake",
+        ),
         ("-----BEGIN CERTIFICATE-----\nMIIDBTCCAe2gfake\n-----END CERTIFICATE-----", "MIIDBTCCAe2gfake"),
         ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEfake (truncated", "b3BlbnNzaC1rZXktdjEfake"),
-        ("client-key-data: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQo=", "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQo="),
+        (
+            "client-key-data: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+            "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+        ),
         ("client-certificate-data: QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="),
         ("proxy https://alice:s3cr3t-pass@proxy.example.invalid:3128", "s3cr3t-pass"),
         ("Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload.sig", "eyJhbGciOiJSUzI1NiJ9.payload.sig"),

@@ -48,7 +48,9 @@ def test_names_are_role_prefixed(role):
             assert name.startswith("_" + prefix), f"{name} in vars/ must start with _{prefix}"
     for task_file in (role / "tasks").glob("*.yml"):
         for registered in re.findall(r"^\s*register:\s*(\S+)", task_file.read_text(), re.M):
-            assert registered.startswith("__" + prefix), f"{task_file.name}: register {registered} must start __{prefix}"
+            assert registered.startswith("__" + prefix), (
+                f"{task_file.name}: register {registered} must start __{prefix}"
+            )
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
