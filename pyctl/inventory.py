@@ -146,13 +146,74 @@ class CheckResult:
         return out
 
 
-def load(path: str | os.PathLike[str]) -> Cluster:
-    """Return the validated cluster, or raise InventoryError carrying every problem."""
-    result = check(path)
+def load(path: str | os.PathLike[str], cache_dir: Path | None = None) -> Cluster:
+    """Return the validated cluster, or raise InventoryError carrying every problem.
+
+    With `cache_dir`, a cluster validated before from byte-identical files (the inventory, the
+    group_vars/ and host_vars/ beside it, the same pyctl and ansible-core) is read back instead
+    of being parsed again; anything changed means a full check.
+    """
+    source = Path(path).expanduser()
+    key = _fingerprint(source) if cache_dir is not None else None
+    if key is not None and cache_dir is not None:
+        cached = _read_cached(cache_dir / f"{key}.json")
+        if cached is not None:
+            return cached
+    result = check(source)
     if not result.ok:
         raise InventoryError(str(path), result.problems)
     assert result.cluster is not None
+    if key is not None and cache_dir is not None:
+        _write_cached(cache_dir / f"{key}.json", result.cluster)
     return result.cluster
+
+
+def _fingerprint(source: Path) -> str | None:
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pyctl import __version__
+
+    try:
+        digest = hashlib.sha256(f"{__version__}|{version('ansible-core')}|{source.resolve()}".encode())
+        digest.update(source.read_bytes())
+        for folder in ("group_vars", "host_vars"):
+            base = source.resolve().parent / folder
+            if base.is_dir():
+                for item in sorted(base.rglob("*")):
+                    if item.is_file():
+                        digest.update(str(item.relative_to(base.parent)).encode() + b"\0" + item.read_bytes())
+    except (OSError, PackageNotFoundError):
+        return None
+    return digest.hexdigest()[:32]
+
+
+def _read_cached(path: Path) -> Cluster | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        hosts = tuple(
+            Host(h["name"], h["address"], tuple(h["groups"]), bool(h["gpu"]), h.get("vars", {})) for h in data["hosts"]
+        )
+        return Cluster(Path(data["path"]), hosts, dict(data["settings"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cached(path: Path, cluster: Cluster) -> None:
+    import json
+
+    data = cluster.to_dict()
+    for entry, host in zip(data["hosts"], cluster.hosts, strict=True):
+        entry["vars"] = host.vars
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(path)
+    except (OSError, TypeError, ValueError):
+        path.unlink(missing_ok=True)
 
 
 def check(path: str | os.PathLike[str]) -> CheckResult:
@@ -277,7 +338,7 @@ def _load_with_ansible(
     for host in manager.get_hosts():
         groups = sorted(g.name for g in host.get_groups() if g.name not in ("all", "ungrouped"))
         hvars = variables.get_vars(host=host, include_hostvars=False)
-        hosts[host.name] = (groups, {k: _plain(v) for k, v in hvars.items() if not k.startswith("ansible_facts")})
+        hosts[host.name] = (groups, {k: _plain(v) for k, v in hvars.items() if _kept(k)})
         lines[host.name] = {k: line for k, v in hvars.items() if (line := _line_of(v))}
     # The `all` vars: the inventory's own, then group_vars/all/ next to it (files win, as in a play).
     from ansible.vars.plugins import get_vars_from_inventory_sources
@@ -288,6 +349,15 @@ def _load_with_ansible(
     lines[""] = {k: line for k, v in all_vars.items() if (line := _line_of(v))}
     all_vars = {k: _plain(v) for k, v in all_vars.items()}
     return hosts, all_vars, lines
+
+
+_SECRET_NAME = re.compile(r"pass(word)?|secret|token|private_key_data|vault", re.IGNORECASE)
+_ANSIBLE_INTERNAL = ("ansible_facts", "inventory_", "group_names", "groups", "omit", "playbook_dir")
+
+
+def _kept(name: str) -> bool:
+    """Host variables pyctl keeps: not Ansible's own bookkeeping, never anything secret-named."""
+    return not name.startswith(_ANSIBLE_INTERNAL) and not _SECRET_NAME.search(name)
 
 
 def _all_group_names(hosts_vars: dict[str, tuple[list[str], dict[str, Any]]]) -> set[str]:

@@ -33,7 +33,7 @@ def run(
     verbosity: int = 0,
 ) -> int:
     settings = load_settings()
-    cluster = inventory.load(inventory_path)
+    cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
     known = phases.discover(settings.playbooks_dir)
     selected = phases.select(known, phase_list)
     _check_limit(cluster, limit)

@@ -279,3 +279,38 @@ def test_sample_inventories_are_valid():
     for path in samples:
         result = inventory.check(path)
         assert result.ok, (path, [str(p) for p in result.problems])
+
+
+def test_load_caches_valid_inventories_and_notices_every_change(tmp_path):
+    path = write(tmp_path, GOOD_INI)
+    (tmp_path / "group_vars" / "all").mkdir(parents=True)
+    settings_file = tmp_path / "group_vars" / "all" / "x.yml"
+    settings_file.write_text("service_cidr: 10.96.0.0/12\n")
+    cache = tmp_path / "cache"
+    first = inventory.load(path, cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 1
+    again = inventory.load(path, cache_dir=cache)
+    assert [(h.name, h.address, h.groups, h.gpu) for h in again.hosts] == [
+        (h.name, h.address, h.groups, h.gpu) for h in first.hosts
+    ]
+    assert again.settings == first.settings
+    # a change in group_vars/ is a new fingerprint: parsed and validated again
+    settings_file.write_text("pod_cidr: 192.168.10.0/24\n")
+    with pytest.raises(InventoryError):
+        inventory.load(path, cache_dir=cache)
+    settings_file.write_text("pod_cidr: 10.32.0.0/16\n")
+    assert inventory.load(path, cache_dir=cache).settings["pod_cidr"] == "10.32.0.0/16"
+    # and so is a change in the inventory itself
+    path.write_text(GOOD_INI.replace("gpu=true", "gpu=maybe"))
+    with pytest.raises(InventoryError):
+        inventory.load(path, cache_dir=cache)
+
+
+def test_secret_named_host_vars_never_enter_the_model_or_the_cache(tmp_path):
+    path = write(tmp_path, "[control_plane]\ncp1 ansible_host=10.0.0.1 ansible_become_password=hunter2 api_token=xyz\n")
+    cache = tmp_path / "cache"
+    cluster = inventory.load(path, cache_dir=cache)
+    assert "ansible_become_password" not in cluster.control_plane.vars
+    assert "api_token" not in cluster.control_plane.vars
+    assert cluster.control_plane.vars["ansible_host"] == "10.0.0.1"
+    assert "hunter2" not in next(cache.glob("*.json")).read_text()

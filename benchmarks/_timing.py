@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: time whole commands, interleaved, and summarise."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+
+
+def time_command(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout.decode()}{result.stderr.decode()}")
+    return elapsed
+
+
+def interleaved(commands: dict[str, Sequence[str]], runs: int, env: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Run each command `runs` times, alternating, after one untimed warm-up each."""
+    env = dict(os.environ if env is None else env)
+    for argv in commands.values():
+        time_command(argv, env)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            times[name].append(time_command(argv, env))
+    return times
+
+
+def describe(name: str, samples: list[float]) -> str:
+    return (
+        f"{name:<28} median {statistics.median(samples):7.3f} s   min {min(samples):7.3f} s   "
+        f"max {max(samples):7.3f} s   (n={len(samples)})"
+    )
