@@ -14,11 +14,14 @@ def time_command(argv: Sequence[str], env: dict[str, str] | None = None, cwd: st
     result = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout.decode()}{result.stderr.decode()}")
+        output = result.stdout.decode() + result.stderr.decode()
+        raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}):\n{output}")
     return elapsed
 
 
-def interleaved(commands: dict[str, Sequence[str]], runs: int, env: dict[str, str] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    commands: dict[str, Sequence[str]], runs: int, env: dict[str, str] | None = None
+) -> dict[str, list[float]]:
     """Run each command `runs` times, alternating, after one untimed warm-up each."""
     env = dict(os.environ if env is None else env)
     for argv in commands.values():
