@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -178,6 +179,38 @@ def _interrupt_sets(flag: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class _GracefulCancel:
+    """ansible-runner's cancel SIGKILLs ansible-playbook's process group, but Ansible's workers run in
+    their own sessions (setsid), so they and their ssh/command children would be orphaned. On cancel
+    pyctl first sends SIGTERM to ansible-playbook, whose handler terminates every worker group, and
+    only after a grace period lets ansible-runner kill what is left."""
+
+    def __init__(self, flag: threading.Event, grace_seconds: float = 20.0) -> None:
+        self.flag = flag
+        self.grace_seconds = grace_seconds
+        self.playbook_pid: int | None = None
+        self._sent_at: float | None = None
+
+    def seen(self, event: dict[str, Any]) -> None:
+        if self.playbook_pid is None and event.get("event") == "playbook_on_start" and event.get("pid"):
+            self.playbook_pid = int(event["pid"])
+
+    def __call__(self) -> bool:
+        if not self.flag.is_set():
+            return False
+        if self.playbook_pid is None:
+            return True  # no play started yet: nothing runs on hosts
+        now = time.monotonic()
+        if self._sent_at is None:
+            self._sent_at = now
+            try:
+                os.kill(self.playbook_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return True
+            return False
+        return now - self._sent_at > self.grace_seconds
+
+
 def run_playbook(
     settings: Settings,
     request: RunRequest,
@@ -194,8 +227,11 @@ def run_playbook(
     counter = {"events": 0}
     stats: dict[str, dict[str, int]] = {}
 
+    graceful = _GracefulCancel(cancel)
+
     def _handle(event: dict[str, Any]) -> bool:
         scrub_in_place(event)  # before ansible-runner writes the event file
+        graceful.seen(event)
         counter["events"] += 1
         log.write_event(event)
         if event.get("event") == "playbook_on_stats":
@@ -221,7 +257,7 @@ def run_playbook(
         "quiet": True,
         "rotate_artifacts": 0,
         "event_handler": _handle,
-        "cancel_callback": cancel.is_set,
+        "cancel_callback": graceful,
         # ansible-runner reads these from `settings`, not from its keyword arguments.
         "settings": {"pexpect_timeout": 0.5, "suppress_ansible_output": True, "suppress_output_file": True},
     }
