@@ -21,6 +21,12 @@ app = typer.Typer(
 )
 inventory_app = typer.Typer(help="Validate inventories.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(inventory_app, name="inventory")
+lab_app = typer.Typer(
+    help="A local multi-host lab (VMs, containers or network namespaces) to run pyctl against.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(lab_app, name="lab")
 
 InventoryOpt = Annotated[
     Path, typer.Option("--inventory", "-i", help="Ansible inventory (INI or YAML).", show_default=False)
@@ -68,6 +74,47 @@ def bootstrap(
     from pyctl.commands.bootstrap import run
 
     raise typer.Exit(run(inventory, phases, limit, check, verbose))
+
+
+LabNameOpt = Annotated[str, typer.Option("--name", help="Lab name (letters, digits, dashes).")]
+
+
+@lab_app.command("up")
+def lab_up(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Hosts; host 1 is the control plane.")] = 3,
+    kind: Annotated[str, typer.Option("--kind", help="vm (QEMU), container (nspawn) or netns.")] = "vm",
+    gpu_nodes: Annotated[int, typer.Option("--gpu-nodes", help="Mark the last K hosts gpu=true.")] = 0,
+    name: LabNameOpt = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lab as JSON.")] = False,
+) -> None:
+    """Create the lab (or find it up already) and print the path of its inventory."""
+    from pyctl.commands.lab import run_up
+    from pyctl.lab import LabSpec
+
+    raise typer.Exit(run_up(LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes), as_json))
+
+
+@lab_app.command("down")
+def lab_down(
+    name: LabNameOpt = "default",
+    everything: Annotated[bool, typer.Option("--all", help="Take down every lab.")] = False,
+) -> None:
+    """Remove everything the lab made: processes, namespaces, mounts, its files (not the image cache)."""
+    from pyctl.commands.lab import run_down
+
+    raise typer.Exit(run_down(name, everything))
+
+
+@lab_app.command("status")
+def lab_status(
+    name: LabNameOpt = "default",
+    everything: Annotated[bool, typer.Option("--all", help="Report on every lab.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show the lab's hosts: address, kind, health (process alive, SSH reachable)."""
+    from pyctl.commands.lab import run_status
+
+    raise typer.Exit(run_status(None if everything else name, as_json))
 
 
 def _handle(exc: BaseException, show_traceback: bool) -> int:

@@ -1,8 +1,97 @@
-"""Fixtures shared by every test directory."""
+"""Shared fixtures. `lab` and `session_lab` give tests real multi-host labs (see pyctl.lab).
+
+    def test_something(lab):
+        my_lab = lab(nodes=2, kind="netns")          # a pyctl.lab.Lab, taken down after the test
+        my_lab.ssh("node2", "hostname").stdout
+
+    def test_role(session_lab):
+        vms = session_lab(nodes=2, kind="vm")        # one lab per shape, shared by the whole session
+
+Both need root (mark such tests `@pytest.mark.lab`, and VM ones also `slow`). Lab names are unique per
+test run, so parallel runs and other engineers' labs on the same machine do not collide; the image cache
+(settings.state_dir/cache) is shared, so the root filesystem is built once.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable, Iterator
+
 import pytest
+
+_counter = itertools.count(1)
+
+
+def unique_lab_name(prefix: str = "t") -> str:
+    return f"{prefix}{os.getpid()}-{next(_counter)}"
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces)")
+
+
+class _Labs:
+    """Creates labs and remembers every name it tried, so teardown removes even half-made ones."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.names: list[str] = []
+
+    def make(self, nodes: int = 2, kind: str = "netns", gpu_nodes: int = 0, name: str | None = None, **extra):
+        from pyctl.lab import LabSpec, up
+
+        _require_root()
+        name = name or unique_lab_name(self.prefix)
+        self.names.append(name)
+        return up(LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes, **extra)).lab
+
+    def close(self) -> None:
+        from pyctl.lab import down
+
+        for name in reversed(self.names):
+            down(name)
+
+
+@pytest.fixture
+def lab_name() -> Callable[[str], str]:
+    """unique_lab_name(prefix): a lab name no other test or run uses, for tests that manage labs."""
+    return unique_lab_name
+
+
+@pytest.fixture
+def lab() -> Iterator[Callable[..., object]]:
+    """Factory: lab(nodes=2, kind="netns", gpu_nodes=0) -> pyctl.lab.Lab, each taken down afterwards."""
+    labs = _Labs("t")
+    try:
+        yield labs.make
+    finally:
+        labs.close()
+
+
+@pytest.fixture(scope="session")
+def session_lab() -> Iterator[Callable[..., object]]:
+    """Factory shared by the session: one lab per (kind, nodes, gpu_nodes), made on first use."""
+    labs = _Labs("s")
+    made: dict[tuple[str, int, int], object] = {}
+
+    def get(nodes: int = 2, kind: str = "vm", gpu_nodes: int = 0):
+        key = (kind, nodes, gpu_nodes)
+        if key not in made:
+            try:
+                made[key] = labs.make(nodes=nodes, kind=kind, gpu_nodes=gpu_nodes)
+            except Exception as exc:  # remembered: the next test sharing this lab fails at once, not slowly
+                made[key] = exc
+                raise
+        if isinstance(made[key], Exception):
+            pytest.fail(f"the shared {kind} lab could not be made: {made[key]}")
+        return made[key]
+
+    try:
+        yield get
+    finally:
+        labs.close()
 
 
 @pytest.fixture

@@ -1,0 +1,380 @@
+"""Bring labs up, report on them, and take them down again, leaving nothing behind.
+
+`up` is idempotent: the same name and shape on a healthy lab changes nothing. A lab that exists only in
+part (a crash, a reboot, a failed boot) is torn down and made again. `down` works from the state file
+*and* from what it finds on the machine (namespaces carrying the lab's marker, processes inside them or
+naming the lab directory, mounts under it), so it also cleans up after a crash. Both are serialised per
+lab name with a file lock.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pyctl.config import Settings, load_settings
+from pyctl.lab import inventory as lab_inventory
+from pyctl.lab import network, processes, ssh
+from pyctl.lab.errors import LabNameClash, LabNotFound, NotRoot
+from pyctl.lab.locks import locked
+from pyctl.lab.model import (
+    LAB_NETWORKS,
+    Lab,
+    LabSpec,
+    check_name,
+    is_root,
+    lab_dirs,
+    namespace_name,
+    plan_hosts,
+    preferred_subnet_index,
+    subnet_for,
+    used_subnets,
+)
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def driver(kind: str) -> ModuleType:
+    """The module that knows how to start hosts of `kind` (imported lazily: qemu code only for VMs)."""
+    if kind == "netns":
+        from pyctl.lab import netns as module
+    elif kind == "container":
+        from pyctl.lab import container as module
+    else:
+        from pyctl.lab import vm as module
+    return module
+
+
+def _lock(settings: Settings, name: str) -> Any:
+    return locked(settings.labs_dir / ".locks" / name)
+
+
+def lab_dir(settings: Settings, name: str) -> Path:
+    return settings.labs_dir / name
+
+
+# --- up ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpResult:
+    lab: Lab
+    changed: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | None = None) -> UpResult:
+    """Make the lab `spec` describes (or find it already made) and return it with its inventory written."""
+    spec.validate()
+    settings = settings or load_settings()
+    progress = progress or _quiet
+    start = time.monotonic()
+    module = driver(spec.kind)
+    from pyctl.lab import prereqs
+
+    with locked(settings.state_dir / "cache" / ".locks" / "apt"):
+        prereqs.ensure(module.TOOLS, what=f"pyctl lab ({spec.kind})", progress=progress)
+    directory = lab_dir(settings, spec.name)
+    notes: list[str] = []
+    with _lock(settings, spec.name):
+        existing = Lab.load(directory)
+        if existing is not None:
+            if not existing.same_shape(spec):
+                raise LabNameClash(
+                    f"lab {spec.name!r} exists as {existing.nodes} {existing.kind} host(s), "
+                    f"not {spec.nodes} {spec.kind} host(s)",
+                    hint=f"run 'pyctl lab down --name {spec.name}' first, or pick another --name",
+                )
+            if existing.phase == "ready" and not unhealthy_hosts(existing, module):
+                if existing.gpu_nodes != spec.gpu_nodes:
+                    existing.gpu_nodes = spec.gpu_nodes
+                    existing.hosts = plan_hosts(spec, existing.subnet)
+                    existing.save()
+                    lab_inventory.write(existing)
+                    notes.append("gpu marks changed: inventory rewritten")
+                return UpResult(existing, False, time.monotonic() - start, notes)
+            progress(f"lab {spec.name} exists but is not healthy: making it again")
+            _teardown(settings, spec.name, existing)
+            notes.append("recreated: the lab was not healthy")
+        else:
+            _check_foreign(settings, spec.name)
+        lab = _create(settings, spec, module, progress)
+    return UpResult(lab, True, time.monotonic() - start, notes)
+
+
+def _check_foreign(settings: Settings, name: str) -> None:
+    """Namespaces named like this lab with no state file: ours (crash leftovers) are removed, others clash."""
+    directory = lab_dir(settings, name)
+    for ns in network.lab_namespaces(name):
+        if network.owned_by(ns, directory):
+            _teardown(settings, name, None)
+            return
+        raise LabNameClash(
+            f"network namespace {ns} exists but was not made by this pyctl for lab {name!r}",
+            hint=f"pick another --name, or remove it yourself ('ip netns delete {ns}') if it is a leftover",
+        )
+
+
+def _allocate_subnet(settings: Settings, name: str) -> str:
+    used = used_subnets(settings.labs_dir, except_name=name)
+    count = 2 ** (24 - LAB_NETWORKS.prefixlen)
+    first = preferred_subnet_index(name)
+    for step in range(count - 2):
+        index = 1 + (first - 1 + step) % (count - 2)
+        subnet = subnet_for(index)
+        if subnet not in used:
+            return subnet
+    raise LabNameClash(f"no free lab subnet in {LAB_NETWORKS}", hint="take down labs you no longer need")
+
+
+def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Progress) -> Lab:
+    directory = lab_dir(settings, spec.name)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, mode=0o700)
+    directory.chmod(0o700)
+    with locked(settings.labs_dir / ".locks" / ".subnets"):
+        subnet = _allocate_subnet(settings, spec.name)
+        lab = Lab(
+            name=spec.name,
+            kind=spec.kind,
+            dir=directory,
+            subnet=subnet,
+            hosts=plan_hosts(spec, subnet),
+            gpu_nodes=spec.gpu_nodes,
+            vm_memory_mib=spec.vm_memory_mib,
+            vm_cpus=spec.vm_cpus,
+        )
+        lab.save()  # first, so that down finds whatever the next steps leave if they fail
+    module.prepare(lab, settings, progress)
+    lab.save()
+    network.create_lab_namespace(lab.namespace, lab.gateway, lab.network.prefixlen, lab.dir)
+    ssh.make_keys(lab)
+    ssh.write_ssh_config(lab)
+    module.start_lab(lab, settings)
+    progress(f"starting {lab.nodes} {lab.kind} host(s)")
+    for host in lab.hosts:
+        module.start(lab, host)
+    progress(f"waiting for {lab.host_names()} to answer SSH")
+    _wait_all(lab, module)
+    lab.phase = "ready"
+    lab.save()
+    lab_inventory.write(lab)
+    return lab
+
+
+def _wait_all(lab: Lab, module: ModuleType) -> None:
+    def wait(host: Any) -> None:
+        ssh.wait_ready(
+            lab,
+            host,
+            timeout=module.BOOT_TIMEOUT,
+            systemd=module.SYSTEMD,
+            console_log=module.console_log(lab, host),
+            alive=lambda: module.pid(lab, host) is not None,
+        )
+
+    with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
+        for future in [pool.submit(wait, host) for host in lab.hosts]:
+            future.result()
+
+
+# --- status -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    kind: str
+    groups: list[str]
+    gpu: bool
+    pid: int | None
+    process_alive: bool
+    ssh_ok: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.process_alive and self.ssh_ok
+
+
+@dataclass
+class LabStatus:
+    lab: Lab
+    hosts: list[HostStatus]
+
+    @property
+    def healthy(self) -> bool:
+        return self.lab.phase == "ready" and all(h.healthy for h in self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.lab.summary(),
+            "phase": self.lab.phase,
+            "healthy": self.healthy,
+            "hosts": [
+                {
+                    "name": h.name,
+                    "address": h.address,
+                    "kind": h.kind,
+                    "groups": h.groups,
+                    "gpu": h.gpu,
+                    "pid": h.pid,
+                    "process_alive": h.process_alive,
+                    "ssh_ok": h.ssh_ok,
+                    "healthy": h.healthy,
+                }
+                for h in self.hosts
+            ],
+        }
+
+
+def host_statuses(lab: Lab, module: ModuleType) -> list[HostStatus]:
+    def one(host: Any) -> HostStatus:
+        pid = module.pid(lab, host)
+        ok = pid is not None and ssh.reachable(lab, host)
+        return HostStatus(
+            host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok
+        )
+
+    with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
+        return list(pool.map(one, lab.hosts))
+
+
+def unhealthy_hosts(lab: Lab, module: ModuleType) -> list[str]:
+    return [h.name for h in host_statuses(lab, module) if not h.healthy]
+
+
+def status(name: str, settings: Settings | None = None) -> LabStatus:
+    settings = settings or load_settings()
+    check_name(name)
+    lab = Lab.load(lab_dir(settings, name))
+    if lab is None:
+        raise LabNotFound(f"no lab named {name!r}", hint=f"make one with 'pyctl lab up --name {name}'")
+    return LabStatus(lab, host_statuses(lab, driver(lab.kind)))
+
+
+def get(name: str, settings: Settings | None = None) -> Lab:
+    """The recorded lab (no health check); raises LabNotFound."""
+    settings = settings or load_settings()
+    lab = Lab.load(lab_dir(settings, check_name(name)))
+    if lab is None:
+        raise LabNotFound(f"no lab named {name!r}", hint=f"make one with 'pyctl lab up --name {name}'")
+    return lab
+
+
+def names(settings: Settings | None = None) -> list[str]:
+    """Labs with a state file, and orphaned namespaces carrying a marker of this state directory."""
+    settings = settings or load_settings()
+    found = {d.name for d in lab_dirs(settings.labs_dir) if (d / "state.json").exists()}
+    prefix = namespace_name("")
+    for ns in network.all_pyctl_namespaces():
+        lab = ns[len(prefix) :].split(".", 1)[0]
+        if lab not in found and network.marker(ns) == network.marker_for(lab_dir(settings, lab)):
+            found.add(lab)
+    return sorted(found)
+
+
+# --- down -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DownResult:
+    name: str
+    existed: bool
+    processes: int = 0
+    namespaces: int = 0
+    mounts: int = 0
+
+
+def down(name: str, settings: Settings | None = None) -> DownResult:
+    """Remove everything lab `name` made: processes, namespaces, mounts, its directory. Idempotent."""
+    settings = settings or load_settings()
+    check_name(name)
+    if not is_root():
+        raise NotRoot(
+            "pyctl lab down needs root (network namespaces, processes, mounts)", hint="run it with sudo"
+        )
+    with _lock(settings, name):
+        lab = Lab.load(lab_dir(settings, name))
+        result = _teardown(settings, name, lab)
+    return result
+
+
+def down_all(settings: Settings | None = None) -> list[DownResult]:
+    settings = settings or load_settings()
+    return [down(name, settings) for name in names(settings)]
+
+
+def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
+    directory = lab_dir(settings, name)
+    result = DownResult(name, existed=lab is not None or directory.exists())
+    # Namespaces: those the state names, plus any pyctl-NAME[.host] carrying this lab's marker.
+    namespaces = [ns for ns in network.lab_namespaces(name) if network.owned_by(ns, directory)]
+    if lab is not None:
+        recorded = [lab.namespace, *(h.namespace for h in lab.hosts if h.namespace)]
+        namespaces = list(dict.fromkeys([*[ns for ns in recorded if network.exists(ns)], *namespaces]))
+    result.existed = result.existed or bool(namespaces)
+
+    # Processes: pidfiles, then everything inside the namespaces or naming the lab directory.
+    pids = (
+        [p for p in (processes.read_pid(f) for f in directory.rglob("*.pid")) if p]
+        if directory.exists()
+        else []
+    )
+    pids = [p for p in pids if str(directory) in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
+    inodes = [i for i in (network.inode(ns) for ns in namespaces) if i]
+    for _ in range(3):  # a dying parent may fork once more (sshd sessions): look again until nothing is left
+        found = [*pids, *processes.pids_in_namespaces(inodes), *processes.pids_mentioning(str(directory))]
+        killed = processes.kill_now(found)
+        result.processes += len(killed)
+        pids = []
+        if not killed:
+            break
+
+    # Mounts under the lab directory (none are expected: container roots are mounted in private namespaces).
+    for mount_point in _mounts_under(directory):
+        processes.run(["umount", "-l", mount_point], check=False, timeout=60)
+        result.mounts += 1
+    for ns in namespaces:
+        if network.delete(ns):
+            result.namespaces += 1
+    if lab is not None and lab.kind in ("vm", "container"):
+        from pyctl.lab import aptcache
+
+        aptcache.release(settings, name)
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+def _in_any(pid: int, namespaces: list[str]) -> bool:
+    inodes = {network.inode(ns) for ns in namespaces}
+    return processes.ns_inode(f"/proc/{pid}/ns/net") in inodes
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory) + "/"
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 4:
+            point = parts[4].replace("\\040", " ")
+            if point.startswith(prefix) or point == str(directory):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
