@@ -71,9 +71,7 @@ class LabSpec:
         if not 1 <= self.nodes <= MAX_NODES:
             raise UsageError(f"--nodes {self.nodes}: a lab has 1 to {MAX_NODES} hosts")
         if not 0 <= self.gpu_nodes <= self.nodes:
-            raise UsageError(
-                f"--gpu-nodes {self.gpu_nodes}: give 0 to {self.nodes} (the lab has {self.nodes} hosts)"
-            )
+            raise UsageError(f"--gpu-nodes {self.gpu_nodes}: give 0 to {self.nodes} (the lab has {self.nodes} hosts)")
         if self.vm_memory_mib < 256 or self.vm_cpus < 1:
             raise UsageError("a VM needs at least 256 MiB of memory and 1 CPU")
         return self
@@ -311,9 +309,7 @@ def plan_hosts(spec: LabSpec, subnet: str) -> list[LabHost]:
                 address=address,
                 groups=groups,
                 gpu=index > spec.nodes - spec.gpu_nodes,
-                namespace=host_namespace_name(spec.name, name)
-                if spec.kind in ("netns", "container")
-                else None,
+                namespace=host_namespace_name(spec.name, name) if spec.kind in ("netns", "container") else None,
                 mac=_mac(network, index) if spec.kind == "vm" else None,
             )
         )

@@ -77,9 +77,7 @@ def create_lab_namespace(name: str, gateway: str, prefixlen: int, lab_dir: Path)
     run(["ip", "-n", name, "link", "set", BRIDGE, "up"])
 
 
-def create_host_namespace(
-    lab_ns: str, host_ns: str, *, port: str, address: str, prefixlen: int, lab_dir: Path
-) -> None:
+def create_host_namespace(lab_ns: str, host_ns: str, *, port: str, address: str, prefixlen: int, lab_dir: Path) -> None:
     """A host's own namespace joined to the lab bridge: `port` on the bridge, `eth0` with `address` inside."""
     run(["ip", "netns", "add", host_ns], what=f"creating network namespace {host_ns}")
     run(

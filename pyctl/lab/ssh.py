@@ -74,9 +74,7 @@ def write_ssh_config(lab: Lab) -> Path:
     return lab.ssh_config_path
 
 
-def probe(
-    lab: Lab, host: LabHost, command: str = "true", timeout: float = 20
-) -> subprocess.CompletedProcess[str]:
+def probe(lab: Lab, host: LabHost, command: str = "true", timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """Run `command` on the host over SSH with the pinned key; returncode 255 means SSH itself failed."""
     try:
         return subprocess.run(

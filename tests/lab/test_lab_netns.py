@@ -65,10 +65,7 @@ def test_netns_lab_hosts_are_separate_machines(lab):
     assert not Path(f"/dev/shm/{marker}").exists()  # nor on this machine
 
     # Hosts reach each other on the lab network; SSH between them is not needed, TCP is.
-    assert (
-        _ssh(my_lab, "node2", f"timeout 5 bash -c '</dev/tcp/{my_lab.hosts[0].address}/22' && echo open")
-        == "open"
-    )
+    assert _ssh(my_lab, "node2", f"timeout 5 bash -c '</dev/tcp/{my_lab.hosts[0].address}/22' && echo open") == "open"
 
     # fabric (paramiko) honours the ssh_config's ProxyCommand and the pinned host key.
     with my_lab.connection("node3") as conn:
@@ -214,12 +211,7 @@ def test_cli_up_json_status_and_down(capsys, lab_name):
         pytest.skip("needs root")
     name = lab_name("c")
     try:
-        assert (
-            main(
-                ["lab", "up", "--name", name, "--kind", "netns", "--nodes", "2", "--gpu-nodes", "1", "--json"]
-            )
-            == 0
-        )
+        assert main(["lab", "up", "--name", name, "--kind", "netns", "--nodes", "2", "--gpu-nodes", "1", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
         assert data["inventory"].endswith(f"/{name}/inventory.yml")
         assert Path(data["ssh_config"]).is_file()
@@ -233,10 +225,7 @@ def test_cli_up_json_status_and_down(capsys, lab_name):
         report = json.loads(capsys.readouterr().out)
         assert report["healthy"] and all(h["ssh_ok"] and h["process_alive"] for h in report["hosts"])
         ssh_config = Path(data["ssh_config"]).read_text()
-        assert (
-            f"ProxyCommand /usr/bin/nsenter --net=/run/netns/pyctl-{name} /usr/bin/socat - TCP:%h:%p"
-            in ssh_config
-        )
+        assert f"ProxyCommand /usr/bin/nsenter --net=/run/netns/pyctl-{name} /usr/bin/socat - TCP:%h:%p" in ssh_config
         assert "StrictHostKeyChecking yes" in ssh_config
     finally:
         assert main(["lab", "down", "--name", name]) == 0

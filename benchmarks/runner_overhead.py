@@ -1,0 +1,85 @@
+"""The same playbook on the same hosts: `pyctl bootstrap` time / raw `ansible-playbook` time.
+
+    .venv/bin/python benchmarks/runner_overhead.py [--runs 5] [--nodes 3] [--inventory FILE]
+
+Without --inventory it brings up a netns lab (`pyctl lab up --kind netns`, needs root) and takes it
+down at the end. Both sides get the same Ansible settings (ansible.cfg, pipelining, ControlPersist,
+forks = host count); pyctl adds inventory validation, ansible-runner's event stream, redaction, the
+progress view and its own log. Target: ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import describe, interleaved
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 1.05
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--inventory", type=Path)
+    args = parser.parse_args()
+    bin_dir = Path(sys.executable).parent
+    lab_name = None
+    inventory = args.inventory
+    if inventory is None:
+        lab_name = f"bench-overhead-{os.getpid()}"
+        up = subprocess.run(
+            [str(bin_dir / "pyctl"), "lab", "up", "--kind", "netns", "--nodes", str(args.nodes), "--name", lab_name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        inventory = Path(up.stdout.strip().splitlines()[-1])
+    try:
+        from pyctl import inventory as inv
+
+        hosts = len(inv.load(inventory).hosts)
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+            ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+            ANSIBLE_PIPELINING="True",
+            ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=120s -o ServerAliveInterval=15",
+        )
+        times = interleaved(
+            {
+                "pyctl bootstrap": [str(bin_dir / "pyctl"), "bootstrap", "-i", str(inventory), "--phases", "preflight"],
+                "ansible-playbook": [
+                    str(bin_dir / "ansible-playbook"),
+                    "-i",
+                    str(inventory),
+                    "--forks",
+                    str(hosts),
+                    str(ROOT / "playbooks" / "preflight.yml"),
+                ],
+            },
+            args.runs,
+            env=env,
+        )
+    finally:
+        if lab_name:
+            down = [str(bin_dir / "pyctl"), "lab", "down", "--name", lab_name]
+            subprocess.run(down, capture_output=True, check=False)
+    print(f"playbook: playbooks/preflight.yml on {hosts} host(s) ({inventory})")
+    for name, samples in times.items():
+        print(describe(name, samples))
+    ratio = statistics.median(times["pyctl bootstrap"]) / statistics.median(times["ansible-playbook"])
+    verdict = "meets" if ratio <= TARGET else "MISSES"
+    print(f"ratio pyctl bootstrap / ansible-playbook = {ratio:.3f} (target <= {TARGET}: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
