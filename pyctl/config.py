@@ -40,6 +40,14 @@ class Settings:
     def playbooks_dir(self) -> Path:
         return self.project_dir / "playbooks"
 
+    @property
+    def clusters_dir(self) -> Path:
+        return self.state_dir / "clusters"
+
+    def kubeconfig(self, cluster_name: str) -> Path:
+        """Where bootstrap puts the cluster's admin kubeconfig (0600), and where train and doctor read it."""
+        return self.clusters_dir / cluster_name / "admin.conf"
+
 
 _ENV = {"project_dir": "PYCTL_PROJECT_DIR", "state_dir": "PYCTL_STATE_DIR", "keep_runs": "PYCTL_KEEP_RUNS"}
 

@@ -47,7 +47,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "kubernetes_version": "1.36",
     "nfs_export_path": "/srv/pyctl",
     "nfs_allowed_cidr": "",  # empty: the network of the cluster hosts' addresses
+    "cluster_name": "",  # empty: the control plane host's inventory name
 }
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _KUBERNETES_VERSION = re.compile(r"^1\.(\d+)(\.\d+)?$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -105,6 +107,11 @@ class Cluster:
     @property
     def control_plane(self) -> Host:
         return self.group(CONTROL_PLANE)[0]
+
+    @property
+    def name(self) -> str:
+        """The cluster's name: `cluster_name`, else the control plane host's inventory name."""
+        return self.settings.get("cluster_name") or self.control_plane.name.lower()
 
     @property
     def workers(self) -> list[Host]:
@@ -550,6 +557,15 @@ def _settings_problems(cluster: Cluster, lines: dict[str, int]) -> list[Problem]
                 "kubernetes_version",
                 f"{version!r} is not a Kubernetes version like 1.36 or 1.36.2",
                 line=lines.get("kubernetes_version"),
+            )
+        )
+    name = settings.get("cluster_name", "")
+    if name and not _CLUSTER_NAME.match(name):
+        problems.append(
+            Problem(
+                "cluster_name",
+                f"{name!r} is not a valid cluster name (lowercase letters, digits and '-', at most 63)",
+                line=lines.get("cluster_name"),
             )
         )
     export = settings["nfs_export_path"]

@@ -314,3 +314,11 @@ def test_secret_named_host_vars_never_enter_the_model_or_the_cache(tmp_path):
     assert "api_token" not in cluster.control_plane.vars
     assert cluster.control_plane.vars["ansible_host"] == "10.0.0.1"
     assert "hunter2" not in next(cache.glob("*.json")).read_text()
+
+
+def test_cluster_name_defaults_to_the_control_plane_and_is_validated(tmp_path):
+    cluster = inventory.load(write(tmp_path, GOOD_INI))
+    assert cluster.name == "cp1"
+    found = only(problems(tmp_path, GOOD_INI + "cluster_name=My_Lab\n"))
+    assert found.field == "cluster_name"
+    assert inventory.load(write(tmp_path, GOOD_INI + "cluster_name=lab-a\n")).name == "lab-a"
