@@ -38,6 +38,8 @@ def run(
     selected = phases.select(known, phase_list)
     _check_limit(cluster, limit)
 
+    cluster_dir = settings.clusters_dir / cluster.name
+    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir = runner.new_run_dir(settings, "bootstrap")
     playbook = phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
     request = runner.RunRequest(
@@ -48,6 +50,8 @@ def run(
         limit=limit,
         check=check,
         verbosity=verbosity,
+        # Controller-side facts the playbooks need: where this cluster's kubeconfig and keys live.
+        extravars={"pyctl_cluster_name": cluster.name, "pyctl_cluster_dir": str(cluster_dir)},
     )
     out = console.out()
     state = RunState()

@@ -46,6 +46,8 @@ def test_success_prints_one_line_per_task_result_then_the_recap(monkeypatch, cap
     request = fake.requests[0]
     assert request.playbook.name == "site.yml" and request.host_count == 3
     assert request.inventory == inv.resolve()
+    assert request.extravars == {"pyctl_cluster_name": "cp1", "pyctl_cluster_dir": str(state_dir / "clusters" / "cp1")}
+    assert oct((state_dir / "clusters" / "cp1").stat().st_mode & 0o777) == "0o700"
     runs = list((state_dir / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.endswith("-bootstrap")
 
