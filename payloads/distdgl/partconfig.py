@@ -54,7 +54,7 @@ def _check_tiling(kind: str, ranges: list[tuple[int, int]], total: int | None) -
     for start, end in sorted(ranges):
         if start != position:
             raise PartitionConfigError(
-                f"{kind}_map has a {'gap' if start > position else 'overlap'} at {kind} id {position}"
+                f"{kind}_map has {'a gap' if start > position else 'an overlap'} at {kind} id {position}"
             )
         position = end
     if total is not None and position != total:

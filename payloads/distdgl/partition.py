@@ -79,17 +79,15 @@ def _partition_into(graph, name: str, args: argparse.Namespace, out_dir: Path) -
     import dgl
 
     balance = graph.ndata["train_mask"].int() if args.balance_train else None
-    # DGL prints its progress on stdout: keep stdout for the one result line.
-    with contextlib.redirect_stdout(sys.stderr):
-        dgl.distributed.partition_graph(
-            graph,
-            name,
-            args.num_parts,
-            str(out_dir),
-            part_method=args.part_method,
-            balance_ntypes=balance,
-            balance_edges=args.balance_edges,
-        )
+    dgl.distributed.partition_graph(
+        graph,
+        name,
+        args.num_parts,
+        str(out_dir),
+        part_method=args.part_method,
+        balance_ntypes=balance,
+        balance_edges=args.balance_edges,
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -144,7 +142,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = run(args)
+        # DGL and the loaders print progress on stdout: keep stdout for the one result line.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run(args)
     except GraphSourceError as exc:
         print(f"partition.py: {exc}", file=sys.stderr)
         return 3

@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +29,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = REPO / "payloads" / "distdgl"
 SUBNET = "10.231.0"
+
+
+def load_payload_module(name: str):
+    """Import payloads/distdgl/<name>.py (standard-library modules only: partconfig, launch)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, PAYLOAD / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # launch.py imports partconfig by this name
+    spec.loader.exec_module(module)
+    return module
 
 
 def distdgl_interpreter() -> Path | None:
@@ -157,13 +171,17 @@ class NetnsMachines:
             _ip("netns", "del", ns, check=False)
 
 
-def launcher_argv(python: Path, machines: NetnsMachines, index: int, part_config: str, *extra: str) -> list:
+def launcher_argv(
+    python: Path, ips: list[str], index: int, part_config: str, *extra: str, train_args=None
+) -> list[str]:
+    """launch.py for machine ``index`` of ``ips``, running train.py with ``train_args``."""
     return [
         str(python), str(PAYLOAD / "launch.py"),
         "--machine-index", str(index),
-        "--machines", ",".join(machines.ips),
+        "--machines", ",".join(ips),
         "--part-config", part_config,
         *extra,
+        "--", "train.py", *(TRAIN_ARGS if train_args is None else train_args),
     ]  # fmt: skip
 
 
@@ -184,3 +202,48 @@ def netns_machines(request):
         yield lab
     finally:
         lab.down()
+
+
+# --- the graph, split and hyper-parameters every DistDGL test shares ---------------------------------
+# 4000-node, 4-class SBM (see graphs.SyntheticSpec); full-neighbour evaluation keeps the test accuracy
+# steady between runs, so single-process and 2-machine results can be compared within 2 points.
+GRAPH_ARGS = ["--graph", "synthetic", "--nodes", "4000", "--classes", "4", "--seed", "0"]
+TRAIN_ARGS = ["--epochs", "20", "--batch-size", "256", "--fanouts", "10,10", "--eval-fanouts=-1,-1"]
+SUMMARY_PREFIX = "PYCTL_SUMMARY "
+
+
+def parse_summary(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        if line.startswith(SUMMARY_PREFIX):
+            return json.loads(line[len(SUMMARY_PREFIX) :])
+    return None
+
+
+@pytest.fixture(scope="session")
+def distdgl_partitions(distdgl_python, tmp_path_factory) -> Path:
+    """The shared output directory with the test graph cut into 2 parts (METIS)."""
+    out = tmp_path_factory.mktemp("distdgl-partitions")
+    result = run_payload(
+        distdgl_python, "partition.py", *GRAPH_ARGS, "--num-parts", "2", "--output", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_part_config(distdgl_python, distdgl_partitions) -> str:
+    result = run_payload(
+        distdgl_python, "partition.py", *GRAPH_ARGS, "--num-parts", "2", "--output", str(distdgl_partitions)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)["part_config"]
+
+
+@pytest.fixture(scope="session")
+def local_summary(distdgl_python) -> dict:
+    """Single-process GraphSAGE on the whole test graph (same model, sampler, split, flags)."""
+    result = run_payload(distdgl_python, "train.py", "--mode", "local", *GRAPH_ARGS, *TRAIN_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = parse_summary(result.stdout)
+    assert summary is not None, result.stdout[-3000:]
+    return summary
