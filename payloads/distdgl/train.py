@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hp.add_argument("--model-seed", type=int, default=0, help="seed of weights and sampling")
     hp.add_argument("--num-classes", type=int, help="default: from the partition manifest or labels")
     parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the model runs; cuda uses GPU LOCAL_RANK (sampling and features stay on CPU)",
+    )
+    parser.add_argument(
         "--checkpoint",
         type=Path,
         help="snapshot file: resumed from when present, written by global rank 0 after each epoch",
@@ -143,10 +149,17 @@ class Trainer:
         self.world_size = torch.distributed.get_world_size() if distributed else 1
         feat_dim = int(graph.ndata["feat"].shape[1])
         torch.manual_seed(args.model_seed)
+        self.device = torch.device("cpu")
+        if args.device == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # the global rank breaks on node 2+
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
         self.model = build_model(feat_dim, args.hidden, num_classes, len(args.fanouts), args.dropout)
+        self.model = self.model.to(self.device)
         self.module = self.model
         if distributed:
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.start_epoch = 0
         self._load_snapshot()
@@ -201,14 +214,19 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: a reader sees the old or the new snapshot, never half of one
 
+    def _batch(self, input_nodes, seeds, blocks):
+        """Fetch the batch's features and labels (remote rows come from the DGL servers)."""
+        x = self.graph.ndata["feat"][input_nodes].to(self.device)
+        y = self.graph.ndata["label"][seeds].long().to(self.device)
+        return x, y, [block.to(self.device) for block in blocks]
+
     def _train_epoch(self) -> tuple[float, float]:
         import torch.nn.functional as F
 
         self.model.train()
         loss_sum, correct, seen = 0.0, 0.0, 0.0
-        for input_nodes, seeds, blocks in self.train_loader:
-            x = self.graph.ndata["feat"][input_nodes]
-            y = self.graph.ndata["label"][seeds].long()
+        for input_nodes, seeds, sampled in self.train_loader:
+            x, y, blocks = self._batch(input_nodes, seeds, sampled)
             logits = self.model(blocks, x)
             loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad()
@@ -226,9 +244,8 @@ class Trainer:
         self.module.eval()
         correct, seen = 0.0, 0.0
         with torch.no_grad():
-            for input_nodes, seeds, blocks in self.eval_loaders[split]:
-                x = self.graph.ndata["feat"][input_nodes]
-                y = self.graph.ndata["label"][seeds].long()
+            for input_nodes, seeds, sampled in self.eval_loaders[split]:
+                x, y, blocks = self._batch(input_nodes, seeds, sampled)
                 correct += float((self.module(blocks, x).argmax(1) == y).sum())
                 seen += len(seeds)
         correct, seen = self._sum([correct, seen])
