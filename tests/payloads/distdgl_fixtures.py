@@ -70,7 +70,9 @@ def lab_unavailable_reason() -> str | None:
 
 
 def run_payload(python: Path, script: str, *args: str, timeout: float = 300, **kwargs):
-    env = {**os.environ, "DGLBACKEND": "pytorch", "PYTHONUNBUFFERED": "1"}
+    # One OpenMP thread, as launch.py gives each trainer on a 2-core host: more threads than free
+    # cores make every sampling step spin (a 20000-node epoch took 7 s instead of 0.5 s here).
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "DGLBACKEND": "pytorch", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [str(python), str(PAYLOAD / script), *args],
         cwd=PAYLOAD,
