@@ -74,24 +74,24 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=Path.home() / ".dgl",
-        help="download cache of the named data sets (default: ~/.dgl)",
+        help="download cache of the named data sets",
     )
     syn = parser.add_argument_group("synthetic graph (--graph synthetic)")
     d = SyntheticSpec()
-    syn.add_argument("--nodes", type=int, default=d.nodes, help=f"number of nodes (default {d.nodes})")
-    syn.add_argument("--classes", type=int, default=d.classes, help=f"blocks = classes (default {d.classes})")
-    syn.add_argument("--feat-dim", type=int, default=d.feat_dim, help=f"feature size (default {d.feat_dim})")
+    syn.add_argument("--nodes", type=int, default=d.nodes, help="number of nodes")
+    syn.add_argument("--classes", type=int, default=d.classes, help="blocks = classes")
+    syn.add_argument("--feat-dim", type=int, default=d.feat_dim, help="feature size")
     syn.add_argument(
         "--avg-degree",
         type=float,
         default=d.avg_degree,
-        help=f"expected degree, used without --p-in/--p-out (default {d.avg_degree})",
+        help="expected degree, used without --p-in/--p-out",
     )
     syn.add_argument(
         "--homophily",
         type=float,
         default=d.homophily,
-        help=f"expected share of intra-class edges with --avg-degree (default {d.homophily})",
+        help="expected share of intra-class edges with --avg-degree",
     )
     syn.add_argument("--p-in", type=float, help="edge probability inside a block (with --p-out)")
     syn.add_argument("--p-out", type=float, help="edge probability between blocks (with --p-in)")
@@ -99,11 +99,11 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
         "--feat-noise",
         type=float,
         default=d.feat_noise,
-        help=f"std of the Gaussian noise around each class centre (default {d.feat_noise})",
+        help="std of the Gaussian noise around each class centre",
     )
     syn.add_argument("--train-frac", type=float, default=d.train_frac, help="share of nodes in train_mask")
     syn.add_argument("--val-frac", type=float, default=d.val_frac, help="share of nodes in val_mask")
-    syn.add_argument("--seed", type=int, default=d.seed, help="seed of the generator (default 0)")
+    syn.add_argument("--seed", type=int, default=d.seed, help="seed of the generator")
 
 
 def spec_from_args(args: argparse.Namespace) -> SyntheticSpec:

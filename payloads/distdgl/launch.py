@@ -20,7 +20,7 @@ Children's output is passed through prefixed ``[server N]`` / ``[trainer R]`` (R
 The trainers' ``PYCTL_SUMMARY {...}`` line is repeated unprefixed as the last line on stdout.
 Exit codes: 0 done, 1 a local server or trainer failed, 2 bad flags or a failed local check,
 3 preflight failed (settings differ between machines, or a peer is unreachable), 4 another machine
-failed or was cancelled, 128+N stopped by signal N (130 SIGINT, 143 SIGTERM).
+failed or was cancelled, 128+N stopped by signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -93,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run this machine's DistDGL servers and trainers and supervise them.",
         usage="launch.py [options] -- SCRIPT.py [script args...]",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     env_index = os.environ.get("PYCTL_MACHINE_INDEX", os.environ.get("JOB_COMPLETION_INDEX"))
     parser.add_argument(
@@ -527,6 +529,8 @@ class Control:
             _send(conn, {"kind": "verdict", "ok": failure is None, "error": failure})
             if failure is None:
                 self._start_reader(machine, readers[machine])
+        listener.close()  # a late or duplicate launcher is refused instead of left waiting
+        self.listener = None
         if failure is not None:
             raise LaunchError(failure, EXIT_PREFLIGHT)
         Log.info("preflight: all machines agree")
@@ -669,13 +673,19 @@ def compare_facts(mine: dict, hellos: dict[int, dict]) -> str | None:
 # --- children ----------------------------------------------------------------------------------------
 
 
+def with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Children get SIGTERM if the launcher dies without cleaning up (SIGKILL, OOM): util-linux setpriv."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+
+
 class Child:
     """One process group started by the launcher, its output passed through with a prefix."""
 
     def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, rewrite=None):
         self.name = name
         self.proc = subprocess.Popen(
-            argv,
+            with_parent_death_signal(argv),
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -1006,8 +1016,8 @@ def set_subreaper() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     Log.machine = str(args.machine_index)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the SSH session dropped
+        signal.signal(signum, _on_signal)
     set_subreaper()
     started = time.monotonic()
     Log.info(f"launcher starting (pid {os.getpid()}), python {args.python}")

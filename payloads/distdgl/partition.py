@@ -35,7 +35,9 @@ FORMAT_VERSION = 1  # bump when the layout written here changes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_graph_arguments(parser)
     parser.add_argument("--num-parts", type=int, required=True, help="number of partitions = machines")
     parser.add_argument("--part-method", choices=("metis", "random"), default="metis")

@@ -51,7 +51,10 @@ def parse_fanouts(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="GraphSAGE on DistDGL (or locally)")
+    parser = argparse.ArgumentParser(
+        description="GraphSAGE on DistDGL (or locally)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--mode", choices=("dist", "local"), default="dist")
     parser.add_argument(
         "--part-config",
@@ -65,21 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_graph_arguments(parser)
     hp = parser.add_argument_group("model and training (identical in both modes)")
-    hp.add_argument("--epochs", type=int, default=10)
+    hp.add_argument("--epochs", type=int, default=10, help="epochs to train (a resumed run counts on)")
     hp.add_argument("--batch-size", type=int, default=256, help="seeds per mini-batch and trainer")
     hp.add_argument("--fanouts", type=parse_fanouts, default=[10, 10], help="per layer, e.g. 10,10")
     hp.add_argument(
         "--eval-fanouts",
         type=parse_fanouts,
-        help="fan-outs for val/test (default: --fanouts); -1 takes every neighbour: --eval-fanouts=-1,-1",
+        help="fan-outs for val/test, --fanouts when unset; -1 takes every neighbour: --eval-fanouts=-1,-1",
     )
-    hp.add_argument("--eval-batch-size", type=int, default=1024)
+    hp.add_argument("--eval-batch-size", type=int, default=1024, help="seeds per validation/test batch")
     hp.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (0: never)")
-    hp.add_argument("--hidden", type=int, default=64)
-    hp.add_argument("--dropout", type=float, default=0.5)
-    hp.add_argument("--lr", type=float, default=0.01)
+    hp.add_argument("--hidden", type=int, default=64, help="hidden units per layer")
+    hp.add_argument("--dropout", type=float, default=0.5, help="dropout between layers")
+    hp.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     hp.add_argument("--model-seed", type=int, default=0, help="seed of weights and sampling")
-    hp.add_argument("--num-classes", type=int, help="default: from the partition manifest or labels")
+    hp.add_argument(
+        "--num-classes", type=int, help="when unset: from the partition manifest, else from the labels"
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),

@@ -205,3 +205,16 @@ def test_trainer_crash_stops_the_whole_job(distdgl_python, netns_machines, two_p
     assert codes[0] in (1, 4), logs[0][-3000:]
     assert "trainers (torchrun) exited with code" in logs[1]
     assert_nothing_left(lab)
+
+
+def test_killed_launcher_leaves_no_orphans(distdgl_python, netns_machines, two_part_config, tmp_path):
+    """SIGKILL gives the launcher no chance to clean up: its children get SIGTERM from the kernel
+    (parent-death signal) and the other machine sees the control connection drop."""
+    lab = netns_machines
+    jobs = start(lab, distdgl_python, two_part_config, tmp_path, train_args=LONG_TRAINING)
+    _wait_for(jobs[0][1], '"event": "epoch"', timeout=180)
+    os.kill(jobs[1][0].pid, signal.SIGKILL)
+    codes, _, logs = wait(jobs, timeout=FAIL_BOUND_S)
+    assert codes[1] == -signal.SIGKILL
+    assert codes[0] in (1, 4), logs[0][-3000:]
+    assert_nothing_left(lab)

@@ -53,22 +53,26 @@ def test_different_inputs_get_a_different_directory(distdgl_python, tmp_path):
 def test_graph_file_is_keyed_by_content(distdgl_python, tmp_path):
     """--graph-path: the cache key is the file's content hash, not its name."""
     make = (
-        "import sys; sys.path.insert(0, '.'); import dgl, graphs;"
-        "g = graphs.synthetic_graph(graphs.SyntheticSpec(nodes=300, seed={seed}));"
-        f"dgl.save_graphs('{tmp_path}/g.bin', [g])"
+        "import sys, dgl, graphs\n"
+        "for folder, seed in (('a', 1), ('b', 2)):\n"
+        "    graph = graphs.synthetic_graph(graphs.SyntheticSpec(nodes=300, seed=seed))\n"
+        "    dgl.save_graphs(f'{sys.argv[1]}/{folder}/g.bin', [graph])\n"
     )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    subprocess.run([str(distdgl_python), "-c", make, str(tmp_path)], cwd=PAYLOAD, check=True)
     out = tmp_path / "parts"
     configs = []
-    for seed in (1, 2):
-        subprocess.run([str(distdgl_python), "-c", make.format(seed=seed)], cwd=PAYLOAD, check=True)
+    for folder in ("a", "b"):
         result = run_payload(
             distdgl_python,
             "partition.py",
-            *("--graph-path", str(tmp_path / "g.bin"), "--num-parts", "2", "--output", str(out)),
+            *("--graph-path", str(tmp_path / folder / "g.bin"), "--num-parts", "2", "--output", str(out)),
         )
         assert result.returncode == 0, result.stderr[-2000:]
         configs.append(json.loads(result.stdout)["part_config"])
     assert configs[0] != configs[1]
+    assert all(config.endswith("/g.json") for config in configs)
 
 
 def test_named_graph_offline_fails_with_one_line(distdgl_python, tmp_path):
