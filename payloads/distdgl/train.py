@@ -144,6 +144,7 @@ class Trainer:
     """
 
     def __init__(self, graph, args: argparse.Namespace, splits: dict, num_classes: int, distributed: bool):
+        import dgl
         import torch
 
         self.graph = graph
@@ -154,6 +155,7 @@ class Trainer:
         self.world_size = torch.distributed.get_world_size() if distributed else 1
         feat_dim = int(graph.ndata["feat"].shape[1])
         torch.manual_seed(args.model_seed)
+        dgl.seed(args.model_seed + self.rank)  # neighbour sampling draws from DGL's own generator
         self.device = torch.device("cpu")
         if args.device == "cuda":
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # the global rank breaks on node 2+
@@ -168,6 +170,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.start_epoch = 0
         self._load_snapshot()
+        if distributed:  # a snapshot seen by some trainers only would desynchronise DDP: refuse
+            total = self._sum([self.start_epoch])[0]
+            if total != self.start_epoch * self.world_size:
+                raise RuntimeError(
+                    "--checkpoint must be one file on a shared path: trainers resumed differently"
+                )
         self.train_loader = self._loader(splits["train"], args.fanouts, args.batch_size, shuffle=True)
         self.eval_loaders = {
             name: self._loader(splits[name], args.eval_fanouts, args.eval_batch_size, shuffle=False)

@@ -167,8 +167,17 @@ LONG_TRAINING = ["--epochs", "100000", "--eval-every", "0"]
 def test_sigterm_to_one_launcher_stops_the_whole_job(
     distdgl_python, netns_machines, two_part_config, tmp_path
 ):
+    """With a sampler process per trainer too: DGL forks those, and they must go as well."""
     lab = netns_machines
-    jobs = start(lab, distdgl_python, two_part_config, tmp_path, train_args=LONG_TRAINING)
+    samplers = ["--num-samplers", "1"]
+    jobs = start(
+        lab,
+        distdgl_python,
+        two_part_config,
+        tmp_path,
+        extra={0: samplers, 1: samplers},
+        train_args=LONG_TRAINING,
+    )
     proc1, _ = jobs[1]
     _wait_for(jobs[0][1], '"event": "epoch"', timeout=180)  # both machines are training
     # The Popen pid is the launcher itself (ip netns exec, unshare and sh all exec).
@@ -181,6 +190,7 @@ def test_sigterm_to_one_launcher_stops_the_whole_job(
     assert codes[0] in (1, 4), logs[0][-3000:]  # the peer's abort, or its trainer losing the peer first
     assert elapsed < FAIL_BOUND_S
     assert "received SIGTERM: stopping the job" in logs[1]
+    assert "DGL_NUM_CLIENT=4" in logs[0]  # 1 trainer x (1 + 1 sampler) x 2 machines
     assert_nothing_left(lab)
 
 
