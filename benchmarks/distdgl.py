@@ -120,8 +120,8 @@ def main() -> int:
         cached = partition(python, graph_args, count, work / f"parts{count}")
         parts[count] = fresh["part_config"]
         print(
-            f"  partition into {count}: {fresh['seconds']:.2f} s (inside partition.py), "
-            f"cached call {cached['seconds']:.3f} s"
+            f"  partition into {count}: {fresh['seconds']:.2f} s (graph generation + METIS, as partition.py "
+            f"reports it), cached call {cached['seconds']:.3f} s"
         )
 
     local = run_payload(python, "train.py", "--mode", "local", *graph_args, *train_args, timeout=1200)
