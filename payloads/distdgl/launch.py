@@ -822,7 +822,8 @@ class Job:
 
     def env(self) -> dict:
         plan, args = self.plan, self.plan.args
-        env = dict(os.environ)
+        # Inherited DGL_* settings (a stale DGL_ROLE, say) must not leak into a child's role.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DGL_") or k == "DGL_DIST_DEBUG"}
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
