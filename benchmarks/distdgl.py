@@ -49,9 +49,7 @@ def server_peaks(lab: NetnsMachines, peaks: dict[str, int]) -> None:
                 continue
             if b"DGL_ROLE=server" not in environ:
                 continue
-            server = next(
-                (e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"DGL_SERVER_ID=")), "?"
-            )
+            server = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"DGL_SERVER_ID=")), "?")
             for line in status.splitlines():
                 if line.startswith("VmHWM:"):
                     kb = int(line.split()[1])

@@ -117,12 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=30050, help="first DGL server port (server s: port+s)")
     parser.add_argument("--torch-port", type=int, default=29500, help="torchrun master port on machine 0")
-    parser.add_argument(
-        "--control-port", type=int, default=30049, help="launcher preflight port on machine 0"
-    )
-    parser.add_argument(
-        "--run-dir", type=Path, help="ip_config.txt and torchrun logs (default: a new temp dir)"
-    )
+    parser.add_argument("--control-port", type=int, default=30049, help="launcher preflight port on machine 0")
+    parser.add_argument("--run-dir", type=Path, help="ip_config.txt and torchrun logs (default: a new temp dir)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for servers and trainers")
     parser.add_argument("--graph-format", default="csc", help="DGL_GRAPH_FORMAT of the servers")
     parser.add_argument("--server-threads", type=int, default=1, help="OMP_NUM_THREADS of each server")
@@ -221,9 +217,7 @@ def primary_addresses() -> set[str]:
 def check_own_address(machines: list[str], index: int) -> str:
     """Return the interface carrying machines[index]; fail if DGL would not see this as machine index."""
     if not 0 <= index < len(machines):
-        raise LaunchError(
-            f"--machine-index {index} is outside the machine list (0..{len(machines) - 1})", EXIT_CONFIG
-        )
+        raise LaunchError(f"--machine-index {index} is outside the machine list (0..{len(machines) - 1})", EXIT_CONFIG)
     own = machines[index]
     local = local_addresses()
     if own not in local:
@@ -481,9 +475,7 @@ class Control:
     def _preflight_coordinator(self) -> None:
         plan, args = self.plan, self.plan.args
         listener = self._listen()
-        Log.info(
-            f"preflight: waiting for {plan.num_machines - 1} peer(s) on {plan.own_ip}:{args.control_port}"
-        )
+        Log.info(f"preflight: waiting for {plan.num_machines - 1} peer(s) on {plan.own_ip}:{args.control_port}")
         deadline = time.monotonic() + args.peer_timeout
         hellos: dict[int, dict] = {}
         readers: dict[int, LineReader] = {}
@@ -548,8 +540,7 @@ class Control:
                 last = exc.strerror or str(exc)
             if time.monotonic() > deadline:
                 raise LaunchError(
-                    f"unreachable peer: cannot reach machine 0 ({target[0]}:{target[1]}) within "
-                    f"{timeout:g} s ({last})",
+                    f"unreachable peer: cannot reach machine 0 ({target[0]}:{target[1]}) within {timeout:g} s ({last})",
                     EXIT_PREFLIGHT,
                 )
             time.sleep(0.5)
@@ -565,9 +556,7 @@ class Control:
         except TimeoutError:
             verdict = None
         if not verdict or verdict.get("kind") != "verdict":
-            raise LaunchError(
-                "preflight: machine 0 closed the control connection without a verdict", EXIT_PREFLIGHT
-            )
+            raise LaunchError("preflight: machine 0 closed the control connection without a verdict", EXIT_PREFLIGHT)
         if not verdict.get("ok"):
             raise LaunchError(f"preflight failed on machine 0: {verdict.get('error')}", EXIT_PREFLIGHT)
         self.upstream = sock
@@ -593,9 +582,7 @@ class Control:
         while time.monotonic() < deadline and not StopFlag.signum:
             try:
                 with socket.create_connection((machines[0], args.control_port), timeout=2.0) as sock:
-                    _send(
-                        sock, {"kind": "hello", "machine": args.machine_index, "host": HOST, "error": message}
-                    )
+                    _send(sock, {"kind": "hello", "machine": args.machine_index, "host": HOST, "error": message})
                     with contextlib.suppress(TimeoutError, Stopped):
                         LineReader(sock).read(3.0)  # let machine 0 read it before we close
             except OSError:

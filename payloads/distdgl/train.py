@@ -82,9 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hp.add_argument("--dropout", type=float, default=0.5, help="dropout between layers")
     hp.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     hp.add_argument("--model-seed", type=int, default=0, help="seed of weights and sampling")
-    hp.add_argument(
-        "--num-classes", type=int, help="when unset: from the partition manifest, else from the labels"
-    )
+    hp.add_argument("--num-classes", type=int, help="when unset: from the partition manifest, else from the labels")
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -119,9 +117,7 @@ def build_model(in_feats: int, hidden: int, num_classes: int, num_layers: int, d
         def __init__(self):
             super().__init__()
             sizes = [in_feats] + [hidden] * (num_layers - 1) + [num_classes]
-            self.layers = nn.ModuleList(
-                dglnn.SAGEConv(sizes[i], sizes[i + 1], "mean") for i in range(num_layers)
-            )
+            self.layers = nn.ModuleList(dglnn.SAGEConv(sizes[i], sizes[i + 1], "mean") for i in range(num_layers))
             self.dropout = nn.Dropout(dropout)
 
         def forward(self, blocks, x: torch.Tensor) -> torch.Tensor:
@@ -173,9 +169,7 @@ class Trainer:
         if distributed:  # a snapshot seen by some trainers only would desynchronise DDP: refuse
             total = self._sum([self.start_epoch])[0]
             if total != self.start_epoch * self.world_size:
-                raise RuntimeError(
-                    "--checkpoint must be one file on a shared path: trainers resumed differently"
-                )
+                raise RuntimeError("--checkpoint must be one file on a shared path: trainers resumed differently")
         self.train_loader = self._loader(splits["train"], args.fanouts, args.batch_size, shuffle=True)
         self.eval_loaders = {
             name: self._loader(splits[name], args.eval_fanouts, args.eval_batch_size, shuffle=False)
@@ -316,10 +310,7 @@ def run_local(args: argparse.Namespace) -> dict:
 
     log("loading the whole graph (local mode)")
     graph = load_graph(args)
-    splits = {
-        name: torch.nonzero(graph.ndata[f"{name}_mask"], as_tuple=True)[0]
-        for name in ("train", "val", "test")
-    }
+    splits = {name: torch.nonzero(graph.ndata[f"{name}_mask"], as_tuple=True)[0] for name in ("train", "val", "test")}
     num_classes = args.num_classes or int(graph.ndata["label"].max()) + 1
     log(f"graph: {graph.num_nodes()} nodes, {graph.num_edges()} edges, {num_classes} classes")
     trainer = Trainer(graph, args, splits, num_classes, distributed=False)

@@ -108,9 +108,7 @@ class NetnsMachines:
         for i, ns in enumerate(self.names):
             _ip("netns", "add", ns)
             inner, outer = f"{self.prefix}h{i}", f"{self.prefix}s{i}"
-            _ip(
-                "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", self.switch
-            )
+            _ip("link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", self.switch)
             _ip("-n", self.switch, "link", "set", outer, "master", "br0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "addr", "add", f"{self.ips[i]}/24", "dev", inner)
@@ -225,9 +223,7 @@ def parse_summary(text: str) -> dict | None:
 def distdgl_partitions(distdgl_python, tmp_path_factory) -> Path:
     """The shared output directory with the test graph cut into 2 parts (METIS)."""
     out = tmp_path_factory.mktemp("distdgl-partitions")
-    result = run_payload(
-        distdgl_python, "partition.py", *GRAPH_ARGS, "--num-parts", "2", "--output", str(out)
-    )
+    result = run_payload(distdgl_python, "partition.py", *GRAPH_ARGS, "--num-parts", "2", "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

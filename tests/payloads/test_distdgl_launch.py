@@ -69,9 +69,7 @@ def assert_nothing_left(lab):
         assert not lab.listening(i, DGL_PORT), f"port {DGL_PORT} still held on machine {i}"
 
 
-def test_two_machines_match_single_process(
-    distdgl_python, netns_machines, two_part_config, local_summary, tmp_path
-):
+def test_two_machines_match_single_process(distdgl_python, netns_machines, two_part_config, local_summary, tmp_path):
     lab = netns_machines
     jobs = start(lab, distdgl_python, two_part_config, tmp_path)
     codes, seconds, logs = wait(jobs, timeout=300)
@@ -117,9 +115,7 @@ def test_own_ip_missing_fails_fast(distdgl_python, netns_machines, two_part_conf
     assert_nothing_left(lab)
 
 
-def test_num_parts_not_matching_machines_fails_fast(
-    distdgl_python, netns_machines, two_part_config, tmp_path
-):
+def test_num_parts_not_matching_machines_fails_fast(distdgl_python, netns_machines, two_part_config, tmp_path):
     lab = netns_machines
     three = [*lab.ips, "10.231.0.3"]
     jobs = start(lab, distdgl_python, two_part_config, tmp_path, ips={0: three, 1: three})
@@ -164,9 +160,7 @@ def _wait_for(path: Path, text: str, timeout: float) -> None:
 LONG_TRAINING = ["--epochs", "100000", "--eval-every", "0"]
 
 
-def test_sigterm_to_one_launcher_stops_the_whole_job(
-    distdgl_python, netns_machines, two_part_config, tmp_path
-):
+def test_sigterm_to_one_launcher_stops_the_whole_job(distdgl_python, netns_machines, two_part_config, tmp_path):
     """With a sampler process per trainer too: DGL forks those, and they must go as well."""
     lab = netns_machines
     samplers = ["--num-samplers", "1"]
