@@ -104,7 +104,7 @@ def ddp_run(ddp_python: Path):
 
 @pytest.fixture(scope="session")
 def ddp_torchrun_argv(ddp_python: Path):
-    """The argv of torchrun --standalone running train.py: ddp_torchrun_argv(nproc, *flags, torchrun_flags=())."""
+    """ddp_torchrun_argv(nproc, *flags, torchrun_flags=()): argv of torchrun --standalone running train.py."""
 
     def argv(nproc: int, *flags: str, torchrun_flags: tuple[str, ...] = ()) -> list[str]:
         return [
