@@ -138,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=positive_int, default=64, help="batch size per rank (default: 64)"
     )
-    parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (default: 0.05)")
+    parser.add_argument(
+        "--lr", type=positive_float, default=0.01, help="SGD learning rate, momentum 0.9 (default: 0.01)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for model init and shuffling (default: 0)")
     parser.add_argument(
         "--num-threads",

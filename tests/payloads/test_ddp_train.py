@@ -31,7 +31,8 @@ def assert_sane_epoch(record: dict, world_size: int) -> None:
 def test_single_process_digits(ddp_run, ddp_log, tmp_path: Path):
     log_path = tmp_path / "log.jsonl"
     result = ddp_run(
-        "--dataset", "digits", "--epochs", "3", "--num-threads", "1", "--log-path", str(log_path)
+        *("--dataset", "digits", "--epochs", "3", "--lr", "0.05", "--num-threads", "1"),
+        *("--log-path", str(log_path)),
     )
     assert result.returncode == 0, result
 
@@ -55,12 +56,35 @@ def test_single_process_digits(ddp_run, ddp_log, tmp_path: Path):
     assert "] done: process group destroyed" in result.stderr
 
 
+def test_rerun_of_a_finished_job_trains_nothing(ddp_run, ddp_log, tmp_path: Path):
+    """A checkpoint that holds every epoch: the job only evaluates and reports. A temp file that a
+    killed writer left behind is removed at start."""
+    log_path, checkpoint = tmp_path / "log.jsonl", tmp_path / "ckpt.pt"
+    flags = ("--dataset", "digits", "--epochs", "2", "--lr", "0.05", "--num-threads", "1")
+    flags += ("--log-path", str(log_path), "--checkpoint-path", str(checkpoint))
+    first = ddp_run(*flags)
+    assert first.returncode == 0, first
+    stale = tmp_path / ".ckpt.pt.tmp-killed"
+    stale.write_bytes(b"half a checkpoint")
+
+    again = ddp_run(*flags)
+    assert again.returncode == 0, again
+    assert not stale.exists()
+    assert "removed a temp file left by a killed writer" in again.stderr
+    epochs, summaries = ddp_log(log_path)
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert summaries == [first.summary, again.summary]
+    assert again.summary["epochs"] == 2
+    assert again.summary["resumed_from_epoch"] == 2
+    assert again.summary["test_accuracy"] == first.summary["test_accuracy"]
+
+
 def test_flags_take_effect(ddp_run, ddp_log, tmp_path: Path):
     """--max-steps-per-epoch and --batch-size bound the samples, --num-threads and --seed show up."""
     log_path = tmp_path / "nested" / "log.jsonl"
     result = ddp_run(
         *("--dataset", "digits", "--epochs", "2", "--max-steps-per-epoch", "3", "--batch-size", "16"),
-        *("--num-threads", "1", "--seed", "7", "--lr", "0.01", "--log-path", str(log_path)),
+        *("--num-threads", "1", "--seed", "7", "--lr", "0.02", "--log-path", str(log_path)),
     )
     assert result.returncode == 0, result
     epochs, _ = ddp_log(log_path)
@@ -69,7 +93,7 @@ def test_flags_take_effect(ddp_run, ddp_log, tmp_path: Path):
 
     other_seed = ddp_run(
         *("--dataset", "digits", "--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "16"),
-        *("--num-threads", "1", "--seed", "8", "--lr", "0.01"),
+        *("--num-threads", "1", "--seed", "8", "--lr", "0.02"),
     )
     assert other_seed.returncode == 0, other_seed
     assert other_seed.summary["loss"] != epochs[0]["loss"]
