@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class DistInfo:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, env: os._Environ[str] | dict[str, str]) -> DistInfo:
+    def from_env(cls, env: Mapping[str, str]) -> DistInfo:
         launched = "RANK" in env and "WORLD_SIZE" in env
         world_size = int(env["WORLD_SIZE"]) if launched else 1
         return cls(
