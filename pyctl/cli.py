@@ -117,6 +117,139 @@ def lab_status(
     raise typer.Exit(run_status(None if everything else name, as_json))
 
 
+train_app = typer.Typer(
+    help="Run distributed training on the cluster (Kubernetes) or over SSH, and manage its jobs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("ddp", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
+    ctx: typer.Context,
+    inventory: InventoryOpt,
+    backend: Annotated[str, typer.Option("--backend", help="k8s (an Indexed Job or PyTorchJob) or ssh.")] = "k8s",
+    nodes: Annotated[
+        int | None, typer.Option("--nodes", help="Nodes (default: every node, GPU nodes with GPUs).")
+    ] = None,
+    nproc_per_node: Annotated[
+        int | None, typer.Option("--nproc-per-node", help="Processes per node (default: GPUs per node, else 1).")
+    ] = None,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (nvidia.com/gpu).")] = 0,
+    image: Annotated[
+        str | None, typer.Option("--image", help="k8s: the payload image (default pyctl-ddp:cpu|cuda).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs in all (default 10).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="fashion-mnist or digits (default).")] = None,
+    data_path: Annotated[str | None, typer.Option("--data-path", help="Fashion-MNIST folder on the nodes.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per process (default 64).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.01).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per process.")] = None,
+    checkpoint_dir: Annotated[
+        str | None, typer.Option("--checkpoint-dir", help="Checkpoint folder (k8s: on the NFS share); reused = resume.")
+    ] = None,
+    script: Annotated[
+        Path | None, typer.Option("--script", help="Your own torchrun-ready script; its arguments after '--'.")
+    ] = None,
+    kind: Annotated[str, typer.Option("--kind", help="k8s: indexed-job or pytorchjob (Kubeflow).")] = "indexed-job",
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="torchrun restarts of the whole job.")] = 0,
+    master_port: Annotated[int, typer.Option("--master-port", help="torchrun's rendezvous port on node 0.")] = 29500,
+    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")] = None,
+    hosts: Annotated[
+        str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, node 0 first.")
+    ] = None,
+    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")] = None,
+    ssh_key: Annotated[
+        Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", help="ssh: interpreter with torch on the hosts (train_python).")
+    ] = None,
+    iface: Annotated[str | None, typer.Option("--iface", help="Interface for gloo/NCCL (train_iface).")] = None,
+    check_env: Annotated[
+        bool, typer.Option("--check-env", help="ssh: check torch imports on every host first.")
+    ] = False,
+    namespace: Annotated[str, typer.Option("--namespace", help="k8s namespace.")] = "default",
+    claim: Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")] = "pyctl-shared",
+    claim_mount: Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")] = "/mnt/pyctl-shared",
+    render: Annotated[
+        Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")
+    ] = False,
+) -> None:
+    """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
+    from pyctl.commands.train import run_ddp
+    from pyctl.train.ddp import DdpRequest
+
+    request = DdpRequest(
+        inventory=inventory,
+        backend=backend,
+        nodes=nodes,
+        nproc_per_node=nproc_per_node,
+        gpus_per_node=gpus_per_node,
+        image=image,
+        epochs=epochs,
+        dataset=dataset,
+        data_path=data_path,
+        batch_size=batch_size,
+        lr=lr,
+        threads=threads,
+        checkpoint_dir=checkpoint_dir,
+        script=script,
+        script_args=tuple(ctx.args),
+        kind=kind,
+        max_restarts=max_restarts,
+        master_port=master_port,
+        env=tuple(env or ()),
+        hosts=tuple(h.strip() for h in (hosts or "").split(",") if h.strip()),
+        ssh_user=ssh_user,
+        ssh_key=ssh_key,
+        python=python,
+        iface=iface,
+        check_env=check_env,
+        namespace=namespace,
+        claim=claim,
+        claim_mount=claim_mount,
+    )
+    raise typer.Exit(run_ddp(request, render, follow))
+
+
+JobArg = Annotated[str, typer.Argument(help="Job id, a unique prefix of it, or 'last'.", show_default=False)]
+
+
+@train_app.command("status")
+def train_status(
+    job: Annotated[str | None, typer.Argument(help="Job id (default: list every job).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Show a job (state, nodes, exit code, accuracy), or list every job."""
+    from pyctl.commands.train import run_status
+
+    raise typer.Exit(run_status(job, as_json))
+
+
+@train_app.command("logs")
+def train_logs(
+    job: JobArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's merged log, each line prefixed with its host or node."""
+    from pyctl.commands.train import run_logs
+
+    raise typer.Exit(run_logs(job, follow))
+
+
+@train_app.command("cancel")
+def train_cancel(job: JobArg) -> None:
+    """Stop a job everywhere: every process group on every host, or the Kubernetes Job and its pods."""
+    from pyctl.commands.train import run_cancel
+
+    raise typer.Exit(run_cancel(job))
+
+
 def _handle(exc: BaseException, show_traceback: bool) -> int:
     """Map an exception to one clear stderr line and an exit code."""
     from pyctl.errors import ExitCode, PyctlError

@@ -1,0 +1,445 @@
+"""`pyctl train ddp|status|logs|cancel`: validate, then hand the job to its backend; print what it says."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyctl import console, inventory
+from pyctl.config import Settings, load_settings
+from pyctl.errors import ExitCode, UsageError
+from pyctl.train import ddp, logs
+from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, new_job_id
+
+
+def _say(message: str) -> None:
+    console.err().print(f"pyctl train: {message}", markup=False)
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# --- pyctl train ddp --------------------------------------------------------------------------------
+
+
+def run_ddp(request: ddp.DdpRequest, render_dir: Path | None = None, follow: bool = False) -> int:
+    settings = load_settings()
+    cluster = inventory.load(request.inventory, cache_dir=settings.state_dir / "cache" / "inventory")
+    job = ddp.resolve(request, cluster, settings.project_dir)
+    job_id = new_job_id("ddp")
+    if render_dir is not None:
+        _check_render_dir(render_dir)
+    if request.backend == "ssh":
+        return _run_ssh(settings, cluster, job, job_id, render_dir, follow)
+    return _run_k8s(settings, cluster, job, job_id, render_dir, follow)
+
+
+def _check_render_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--render {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise UsageError(f"--render {path} is not empty", hint="give a new or empty folder")
+
+
+def _write_render(render_dir: Path, files: dict[str, str]) -> None:
+    render_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (render_dir / name).write_text(text, encoding="utf-8")
+    _say(f"wrote {len(files)} file(s) to {render_dir}; nothing was started")
+    for name in files:
+        _out(str(render_dir / name))
+
+
+# --- SSH ----------------------------------------------------------------------------------------------
+
+
+def _ssh_identity(settings: Settings, cluster: inventory.Cluster, request: ddp.DdpRequest) -> tuple[str, list[Path]]:
+    """The login user and the keys to try: the training user with the cluster's key by default."""
+    first = cluster.hosts[0].vars if cluster.hosts else {}
+    user = request.ssh_user or str(first.get("train_ssh_user") or ddp.DEFAULT_SSH_USER)
+    if request.ssh_key is not None:
+        key = request.ssh_key.expanduser()
+        if not key.is_file():
+            raise UsageError(f"--ssh-key {request.ssh_key}: no such file")
+        return user, [key]
+    cluster_key = settings.clusters_dir / cluster.name / "ssh" / "id_ed25519"
+    if cluster_key.is_file():
+        return user, [cluster_key]
+    if request.ssh_user is None and not first.get("train_ssh_user"):
+        raise UsageError(
+            f"no key for the training user {user!r}: {cluster_key} does not exist",
+            hint="run 'pyctl bootstrap -i INVENTORY --phases ssh_trust' first, or log in as another user "
+            "with --ssh-user (and --ssh-key)",
+        )
+    return user, []
+
+
+def _pythons(job: ddp.DdpJob) -> dict[str, str]:
+    return {h.name: job.request.python or str(h.vars.get("train_python") or ddp.DEFAULT_PYTHON) for h in job.hosts}
+
+
+def _run_ssh(  # noqa: PLR0917 - one call site, each argument named there
+    settings: Settings,
+    cluster: inventory.Cluster,
+    job: ddp.DdpJob,
+    job_id: str,
+    render_dir: Path | None,
+    follow: bool,
+) -> int:
+    from pyctl import remote
+    from pyctl.train import sshjob
+
+    pythons = _pythons(job)
+    launches = ddp.ssh_launches(job, job_id, pythons)
+    if render_dir is not None:
+        files = {}
+        for launch in launches:
+            files[f"{launch.rank}-{launch.host}.sh"] = (
+                f"#!/bin/sh\n# pyctl train ddp {job_id}: node {launch.rank} of {job.nodes}, host {launch.host}"
+                f" ({launch.address}).\n# The job directory holds {', '.join(sorted(launch.files))}; pyctl runs"
+                " this under hostwrap.py (one process group, stopped as a whole).\n"
+                f"{launch.shell()}\n"
+            )
+        _write_render(render_dir, files)
+        return ExitCode.OK
+
+    user, keys = _ssh_identity(settings, cluster, job.request)
+    targets = [remote.target_for(h, user=user, key_files=keys) for h in job.hosts]
+    ifaces = {h.name: job.request.iface or ddp._iface_of(h) for h in job.hosts}
+    if len(set(pythons.values())) == 1:
+        versions = sshjob.preflight(targets, next(iter(pythons.values())), ifaces, job.request.check_env)
+    else:
+        versions = {}
+        for target in targets:
+            versions.update(sshjob.preflight([target], pythons[target.name], ifaces, job.request.check_env))
+    if job.request.check_env:
+        _say("torch on each host: " + ", ".join(f"{h}={v}" for h, v in versions.items()))
+
+    store = JobStore(settings)
+    record = JobRecord(
+        id=job_id,
+        workload="ddp",
+        backend="ssh",
+        created=time.time(),
+        nodes=[NodeRecord(rank=i, name=h.name, address=h.address) for i, h in enumerate(job.hosts)],
+        options=job.options,
+        ssh={
+            "user": user,
+            "targets": [sshjob.target_to_dict(t) for t in targets],
+            "wrapper_python": pythons[job.hosts[0].name],
+            "grace_s": job.request.grace_s,
+        },
+    )
+    job_dir = store.create(record)
+    sshjob.write_launches(job_dir, launches)
+    pid = _spawn_supervisor(job_dir)
+    store.update(job_id, lambda rec: setattr(rec, "supervisor_pid", pid))
+    hosts = ", ".join(f"{h.name}" for h in job.hosts)
+    _say(f"job {job_id} started on {job.nodes} host(s) ({hosts}), {job.world_size} process(es)")
+    if not follow:
+        _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
+        _out(job_id)
+        return ExitCode.OK
+    return _follow(store, job_id)
+
+
+def _spawn_supervisor(job_dir: Path) -> int:
+    log = (job_dir / "supervisor.log").open("ab")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyctl.train.supervisor", str(job_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
+    finally:
+        log.close()
+    return process.pid
+
+
+def _follow(store: JobStore, job_id: str) -> int:
+    """Print the merged log until the job ends; Ctrl-C cancels the job (on every host) first."""
+    state: dict[str, Any] = {"record": store.load(job_id), "checked": 0.0}
+
+    def done() -> bool:
+        now = time.monotonic()
+        if now - state["checked"] > 0.5:
+            state["record"] = store.load(job_id)
+            state["checked"] = now
+            if not state["record"].final and not _job_alive(state["record"]):
+                state["record"] = _mark_lost(store, state["record"])
+        return state["record"].final
+
+    path = store.dir(job_id) / "output.log"
+    position = 0
+    try:
+        for line in logs.follow(path, done):
+            position += len(line.encode()) + 1
+            _out(line)
+    except KeyboardInterrupt:
+        _say(f"Ctrl-C: cancelling job {job_id} on every host")
+        cancel_job(store, store.load(job_id), wait=True)
+        record = store.load(job_id)
+        for line in logs.follow(path, lambda: True, start=position):
+            _out(line)
+        _say(f"job {job_id} {record.state}: {record.message}")
+        return ExitCode.INTERRUPTED
+    record = store.load(job_id)
+    return _report_end(record)
+
+
+def _report_end(record: JobRecord) -> int:
+    summary = record.summary or {}
+    accuracy = summary.get("test_accuracy")
+    extra = f"; test accuracy {accuracy}" if accuracy is not None else ""
+    _say(f"job {record.id} {record.state}: {record.message}{extra}")
+    return int(record.exit_code if record.exit_code is not None else 1)
+
+
+def _job_alive(record: JobRecord) -> bool:
+    if record.backend != "ssh":
+        return True
+    from pyctl.train import sshjob
+
+    return sshjob.supervisor_alive(record) or time.time() - record.created < 10
+
+
+def _mark_lost(store: JobStore, record: JobRecord) -> JobRecord:
+    """The supervisor died without recording an end: say so (its hosts stopped when its SSH closed)."""
+
+    def change(rec: JobRecord) -> None:
+        if not rec.final:
+            rec.state, rec.exit_code = "failed", 1
+            rec.message = "the supervisor died; its hosts' process groups stopped when its connections closed"
+            rec.finished = time.time()
+
+    return store.update(record.id, change)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------------
+
+
+def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
+    settings: Settings,
+    cluster: inventory.Cluster,
+    job: ddp.DdpJob,
+    job_id: str,
+    render_dir: Path | None,
+    follow: bool,
+) -> int:
+    from pyctl.train import k8s, manifests
+
+    documents = manifests.render_ddp(job, job_id)
+    if render_dir is not None:
+        _write_render(render_dir, {f"{name}.yaml": text for name, text in documents.items()})
+        return ExitCode.OK
+    kubeconfig = settings.kubeconfig(cluster.name)
+    if not kubeconfig.is_file():
+        raise UsageError(
+            f"no kubeconfig for cluster {cluster.name} at {kubeconfig}",
+            hint=f"run 'pyctl bootstrap -i {job.request.inventory}' first (it fetches the admin kubeconfig)",
+        )
+    store = JobStore(settings)
+    client = k8s.Client(kubeconfig)
+    record = JobRecord(
+        id=job_id,
+        workload="ddp",
+        backend="k8s",
+        created=time.time(),
+        nodes=[NodeRecord(rank=i, name=f"{job_id}-{i}") for i in range(job.nodes)],
+        options=job.options,
+        k8s={
+            "kubeconfig": str(kubeconfig),
+            "namespace": job.request.namespace,
+            "kind": job.request.kind,
+            "name": job_id,
+        },
+    )
+    job_dir = store.create(record)
+    (job_dir / "manifests").mkdir(mode=0o700)
+    for name, text in documents.items():
+        (job_dir / "manifests" / f"{name}.yaml").write_text(text, encoding="utf-8")
+    try:
+        client.submit(documents, job.request.namespace)
+    except k8s.KubeError as exc:
+        reason = f"submit failed: {exc.message}"
+        store.update(job_id, lambda rec: _fail(rec, reason))
+        raise
+    store.update(job_id, lambda rec: setattr(rec, "state", "running"))
+    _say(f"job {job_id} submitted: {job.request.kind} {job_id} in namespace {job.request.namespace}")
+    if not follow:
+        _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
+        _out(job_id)
+        return ExitCode.OK
+    return _follow_k8s(store, job_id)
+
+
+def _fail(record: JobRecord, message: str) -> None:
+    record.state, record.exit_code, record.message, record.finished = "failed", 1, message, time.time()
+
+
+def _k8s_client(record: JobRecord) -> Any:
+    from pyctl.train import k8s
+
+    path = Path(record.k8s["kubeconfig"])
+    if not path.is_file():
+        raise UsageError(f"job {record.id}: its kubeconfig {path} is gone", hint="run 'pyctl bootstrap' again")
+    return k8s.Client(path)
+
+
+def _follow_k8s(store: JobStore, job_id: str) -> int:
+    record = store.load(job_id)
+    client = _k8s_client(record)
+    try:
+        outcome = client.follow(record, _out)
+    except KeyboardInterrupt:
+        _say(f"Ctrl-C: cancelling job {job_id}")
+        cancel_job(store, store.load(job_id), wait=True)
+        return ExitCode.INTERRUPTED
+    record = store.update(job_id, lambda rec: _apply_outcome(rec, outcome))
+    return _report_end(record)
+
+
+def _apply_outcome(record: JobRecord, outcome: Any) -> None:
+    record.state, record.exit_code, record.message = outcome.state, outcome.exit_code, outcome.message
+    if outcome.summary is not None:
+        record.summary = outcome.summary
+    if outcome.state in ("succeeded", "failed", "cancelled"):
+        record.finished = record.finished or time.time()
+
+
+# --- status, logs, cancel ------------------------------------------------------------------------------
+
+
+def _refresh(store: JobStore, record: JobRecord) -> JobRecord:
+    if record.final:
+        return record
+    if record.backend == "ssh":
+        if not _job_alive(record):
+            return _mark_lost(store, record)
+        return record
+    outcome = _k8s_client(record).status(record)
+    return store.update(record.id, lambda rec: _apply_outcome(rec, outcome))
+
+
+def run_status(name: str | None, as_json: bool) -> int:
+    settings = load_settings()
+    store = JobStore(settings)
+    ids = [store.resolve(name)] if name else store.ids()
+    records = [_refresh(store, store.load(i)) for i in ids]
+    if as_json:
+        payload: Any = records[0].to_dict() if name else [r.to_dict() for r in records]
+        _out(json.dumps(payload, indent=2))
+        return ExitCode.OK
+    if not records:
+        _say("no jobs yet (start one with 'pyctl train ddp')")
+        return ExitCode.OK
+    if name:
+        _print_record(records[0])
+        return ExitCode.OK
+    from rich.table import Table
+
+    table = Table(title="training jobs", title_justify="left")
+    for column in ("job", "backend", "nodes", "state", "exit", "accuracy", "started"):
+        table.add_column(column)
+    for rec in records:
+        accuracy = (rec.summary or {}).get("test_accuracy")
+        table.add_row(
+            rec.id,
+            rec.backend,
+            str(len(rec.nodes)),
+            rec.state,
+            "" if rec.exit_code is None else str(rec.exit_code),
+            "" if accuracy is None else f"{accuracy:.4f}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
+        )
+    console.out().print(table)
+    return ExitCode.OK
+
+
+def _print_record(rec: JobRecord) -> None:
+    lines = [
+        f"job:      {rec.id} ({rec.workload}, {rec.backend})",
+        f"state:    {rec.state}" + (f" (exit code {rec.exit_code})" if rec.exit_code is not None else ""),
+    ]
+    if rec.message:
+        lines.append(f"message:  {rec.message}")
+    lines.append(f"created:  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created))}")
+    if rec.finished and rec.started:
+        lines.append(f"ran:      {rec.finished - rec.started:.1f} s")
+    for node in rec.nodes:
+        extra = f" exit {node.exit_code}" if node.exit_code is not None else ""
+        group = f" pgid {node.pgid}" if node.pgid else ""
+        lines.append(f"node {node.rank}:   {node.name} {node.address}{group}{extra}".rstrip())
+    if rec.summary:
+        lines.append(f"summary:  {json.dumps(rec.summary)}")
+    for line in lines:
+        _out(line)
+
+
+def run_logs(name: str, follow: bool) -> int:
+    settings = load_settings()
+    store = JobStore(settings)
+    job_id = store.resolve(name)
+    record = store.load(job_id)
+    if record.backend == "k8s":
+        client = _k8s_client(record)
+        if follow:
+            return _follow_k8s(store, job_id)
+        client.logs(record, _out)
+        return ExitCode.OK
+    path = store.dir(job_id) / "output.log"
+    if not follow:
+        with path.open("rb") as handle:
+            for raw in handle:
+                _out(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        return ExitCode.OK
+    return _follow(store, job_id)
+
+
+def cancel_job(store: JobStore, record: JobRecord, wait: bool = True, timeout: float = 120) -> JobRecord:
+    if record.final:
+        return record
+    if record.backend == "k8s":
+        _k8s_client(record).cancel(record)
+
+        def change(rec: JobRecord) -> None:
+            rec.state, rec.exit_code, rec.message, rec.finished = "cancelled", 130, "cancelled", time.time()
+
+        return store.update(record.id, change)
+    from pyctl.train import sshjob
+
+    if not sshjob.signal_supervisor(record, signal.SIGTERM):
+        sshjob.cancel_without_supervisor(store, record)
+        return store.load(record.id)
+    deadline = time.monotonic() + timeout
+    while wait and time.monotonic() < deadline:
+        current = store.load(record.id)
+        if current.final:
+            return current
+        if not sshjob.supervisor_alive(current):
+            return _mark_lost(store, current)
+        time.sleep(0.3)
+    return store.load(record.id)
+
+
+def run_cancel(name: str) -> int:
+    settings = load_settings()
+    store = JobStore(settings)
+    record = store.load(store.resolve(name))
+    if record.final:
+        _say(f"job {record.id} already {record.state}: nothing to cancel")
+        return ExitCode.OK
+    record = cancel_job(store, record)
+    _say(f"job {record.id} {record.state}: {record.message}")
+    return ExitCode.OK if record.final else ExitCode.HOST_FAILED

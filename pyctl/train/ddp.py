@@ -1,0 +1,355 @@
+"""`pyctl train ddp`: the request, its validation, and what each node runs (torchrun + the payload).
+
+Both backends start the same thing on every node: torchrun with static rendezvous (node rank = the
+host's place in the job, or the Indexed Job's completion index; master = node 0) running the DDP
+payload (`payloads/ddp/train.py`) or the user's own `--script`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pyctl.errors import UsageError
+from pyctl.inventory import Cluster, Host
+
+DATASETS = ("fashion-mnist", "digits")
+BACKENDS = ("k8s", "ssh")
+KINDS = ("indexed-job", "pytorchjob")
+DEFAULT_IMAGE_CPU = "pyctl-ddp:cpu"
+DEFAULT_IMAGE_GPU = "pyctl-ddp:cuda"
+IMAGE_PAYLOAD = "/opt/pyctl/ddp/train.py"  # where the payload image (payloads/ddp/Dockerfile) keeps it
+USER_SCRIPT_DIR = "/opt/pyctl/user"  # where a --script is mounted in pods (from a ConfigMap)
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_CLAIM = "pyctl-shared"  # the claim the k8s storage phase makes (shared_storage_pvc_name)
+DEFAULT_NAMESPACE = "default"
+DEFAULT_CLAIM_MOUNT = "/mnt/pyctl-shared"
+DEFAULT_SSH_USER = "pyctl"  # the ssh_trust role's training user
+DEFAULT_PYTHON = "/opt/pyctl/venvs/ddp/bin/python"  # what the train_env role installs on each host
+MAX_SCRIPT_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PAYLOAD_ONLY = ("dataset", "data_path", "epochs", "batch_size", "lr", "threads")
+
+
+@dataclass(frozen=True)
+class DdpRequest:
+    """What the user asked for. None means 'not given': defaults are filled in by `resolve`."""
+
+    inventory: Path
+    backend: str = "k8s"
+    nodes: int | None = None
+    nproc_per_node: int | None = None
+    gpus_per_node: int = 0
+    image: str | None = None
+    epochs: int | None = None
+    dataset: str | None = None
+    data_path: str | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    threads: int | None = None
+    checkpoint_dir: str | None = None
+    script: Path | None = None
+    script_args: tuple[str, ...] = ()
+    kind: str = "indexed-job"
+    max_restarts: int = 0
+    master_port: int = DEFAULT_MASTER_PORT
+    env: tuple[str, ...] = ()  # KEY=VALUE for every node
+    hosts: tuple[str, ...] = ()  # SSH: these inventory hosts, in this order
+    ssh_user: str | None = None
+    ssh_key: Path | None = None
+    python: str | None = None
+    iface: str | None = None
+    check_env: bool = False
+    namespace: str = DEFAULT_NAMESPACE
+    claim: str = DEFAULT_CLAIM
+    claim_mount: str = DEFAULT_CLAIM_MOUNT
+    grace_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class DdpJob:
+    """A validated request with every default filled in, and the nodes it runs on."""
+
+    request: DdpRequest
+    nodes: int
+    nproc_per_node: int
+    payload_args: tuple[str, ...]
+    env: dict[str, str]
+    hosts: tuple[Host, ...] = ()  # SSH: the hosts, node 0 first
+    kubernetes_version: str = "1.36"
+    image: str = DEFAULT_IMAGE_CPU
+    script_name: str = "train.py"
+    script_text: bytes = b""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+def payload_path(settings_project_dir: Path) -> Path:
+    return settings_project_dir / "payloads" / "ddp" / "train.py"
+
+
+def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME.match(name):
+            raise UsageError(f"--env {item!r} is not NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def _absolute(flag: str, value: str) -> str:
+    if not PurePosixPath(value).is_absolute():
+        raise UsageError(f"{flag} {value!r} must be an absolute path (it is a path on the nodes)")
+    return str(PurePosixPath(value))
+
+
+def _iface_of(host: Host) -> str | None:
+    value = host.vars.get("train_iface") or host.vars.get("lab_iface")
+    return str(value) if value else None
+
+
+def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tuple[Host, ...]:
+    """The SSH hosts: --hosts in order, else the Kubernetes nodes (GPU hosts when GPUs are asked for)."""
+    by_name = {h.name: h for h in cluster.hosts}
+    if request.hosts:
+        unknown = [n for n in request.hosts if n not in by_name]
+        if unknown:
+            raise UsageError(
+                f"--hosts names {', '.join(unknown)}, not in the inventory",
+                hint=f"its hosts: {', '.join(by_name)}",
+            )
+        pool = [by_name[n] for n in dict.fromkeys(request.hosts)]
+    else:
+        pool = cluster.nodes or list(cluster.hosts)
+        if request.gpus_per_node > 0:
+            pool = [h for h in pool if h.gpu]
+    wanted = nodes if nodes is not None else len(pool)
+    if wanted > len(pool):
+        what = "GPU hosts (gpu=true)" if request.gpus_per_node > 0 and not request.hosts else "hosts"
+        raise UsageError(
+            f"--nodes {wanted} but the inventory has only {len(pool)} {what} for this job",
+            hint=f"use --nodes {len(pool)} or fewer" if pool else "mark GPU hosts with gpu=true in the inventory",
+        )
+    return tuple(pool[:wanted])
+
+
+def _check_flags(r: DdpRequest) -> None:
+    if r.backend not in BACKENDS:
+        raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
+    if r.kind not in KINDS:
+        raise UsageError(f"--kind {r.kind!r} is not one of {', '.join(KINDS)}")
+    if r.kind == "pytorchjob" and r.backend != "k8s":
+        raise UsageError("--kind pytorchjob needs --backend k8s")
+    for flag, value, low in (
+        ("--nodes", r.nodes, 1),
+        ("--nproc-per-node", r.nproc_per_node, 1),
+        ("--gpus-per-node", r.gpus_per_node, 0),
+        ("--epochs", r.epochs, 1),
+        ("--batch-size", r.batch_size, 1),
+        ("--threads", r.threads, 1),
+        ("--max-restarts", r.max_restarts, 0),
+    ):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} {value}: must be {low} or more")
+    if r.lr is not None and not r.lr > 0:
+        raise UsageError(f"--lr {r.lr}: must be a positive number")
+    if not 1024 <= r.master_port <= 65535:
+        raise UsageError(f"--master-port {r.master_port}: use a port from 1024 to 65535")
+    if r.checkpoint_dir is not None:
+        _absolute("--checkpoint-dir", r.checkpoint_dir)
+    if r.backend == "k8s":
+        mount = _absolute("--claim-mount", r.claim_mount)
+        if r.checkpoint_dir and not PurePosixPath(r.checkpoint_dir).is_relative_to(mount):
+            raise UsageError(
+                f"--checkpoint-dir {r.checkpoint_dir} is not on the NFS share, which pods mount at {mount}",
+                hint=f"use a folder under {mount} (or change --claim-mount)",
+            )
+    elif r.image:
+        raise UsageError("--image is for --backend k8s; on SSH hosts give the interpreter with --python")
+
+
+def _program(r: DdpRequest, project_dir: Path) -> tuple[bytes, str, tuple[str, ...]]:
+    """The script every node runs (its bytes and name) and its arguments."""
+    if r.script is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _PAYLOAD_ONLY if getattr(r, n) is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} set(s) our payload's flags, which --script does not run",
+                hint="pass your script's own arguments after '--'",
+            )
+        script = r.script.expanduser()
+        if not script.is_file():
+            raise UsageError(f"--script {r.script}: no such file")
+        text = script.read_bytes()
+        if r.backend == "k8s" and len(text) > MAX_SCRIPT_BYTES:
+            raise UsageError(
+                f"--script {r.script} is {len(text)} bytes; a ConfigMap holds at most {MAX_SCRIPT_BYTES}",
+                hint="put a larger program in the image and run it from there",
+            )
+        return text, (script.name if script.suffix == ".py" else f"{script.name}.py"), tuple(r.script_args)
+    if r.script_args:
+        raise UsageError(
+            f"arguments after '--' ({' '.join(r.script_args)}) are only for --script",
+            hint="our payload's flags are pyctl's own: --dataset, --epochs, --batch-size, --lr",
+        )
+    dataset = r.dataset or "digits"
+    if dataset not in DATASETS:
+        raise UsageError(f"--dataset {dataset!r} is not one of {', '.join(DATASETS)}")
+    if dataset == "fashion-mnist" and not r.data_path:
+        raise UsageError(
+            "--dataset fashion-mnist needs --data-path (IDX files or a Hugging Face save, on the nodes)",
+            hint="nothing is downloaded; --dataset digits needs no data",
+        )
+    if dataset == "digits" and r.data_path:
+        raise UsageError("--data-path is not used with --dataset digits (scikit-learn ships it)")
+    payload = payload_path(project_dir)
+    if not payload.is_file():
+        raise UsageError(f"the DDP payload {payload} is missing", hint="reinstall pyctl from its source tree")
+    args = ["--dataset", dataset, "--epochs", str(r.epochs or 10)]
+    if r.data_path:
+        args += ["--data-path", _absolute("--data-path", r.data_path)]
+    if r.batch_size:
+        args += ["--batch-size", str(r.batch_size)]
+    if r.lr:
+        args += ["--lr", repr(float(r.lr))]
+    if r.threads:
+        args += ["--num-threads", str(r.threads)]
+    return payload.read_bytes(), "train.py", tuple(args)
+
+
+def _placement(r: DdpRequest, cluster: Cluster) -> tuple[int, tuple[Host, ...]]:
+    """How many nodes, and (SSH) which hosts, node 0 first."""
+    if r.backend == "k8s":
+        pool = [h for h in cluster.nodes if h.gpu] if r.gpus_per_node else cluster.nodes
+        nodes = r.nodes or max(1, len(pool))
+        if nodes > len(pool):
+            what = "GPU nodes (gpu=true)" if r.gpus_per_node else "Kubernetes nodes"
+            raise UsageError(
+                f"--nodes {nodes} but the inventory has only {len(pool)} {what}",
+                hint=f"use --nodes {len(pool)} or fewer" if pool else "mark GPU hosts with gpu=true",
+            )
+        return nodes, ()
+    hosts = select_hosts(r, cluster, r.nodes)
+    if r.iface is None and len(hosts) > 1 and not all(_iface_of(h) for h in hosts):
+        missing = [h.name for h in hosts if not _iface_of(h)]
+        raise UsageError(
+            f"no network interface for gloo/NCCL on {', '.join(missing)}",
+            hint="set train_iface (the interface carrying the cluster address) for the hosts, or give --iface",
+        )
+    return len(hosts), hosts
+
+
+def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
+    """Check every input and fill in the defaults; UsageError (exit 2) names the first problem."""
+    r = request
+    _check_flags(r)
+    env = _parse_env(r.env)
+    text, script_name, payload_args = _program(r, project_dir)
+    nodes, hosts = _placement(r, cluster)
+    nproc = r.nproc_per_node or (r.gpus_per_node or 1)
+    image = r.image or (DEFAULT_IMAGE_GPU if r.gpus_per_node else DEFAULT_IMAGE_CPU)
+    base_env = {"PYTHONUNBUFFERED": "1"}
+    if nodes > 1 and r.max_restarts > 0:
+        # Each attempt gets a fresh store on a fresh port (see payloads/ddp/README.md, "Restarts").
+        base_env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    base_env.update(env)
+    options = {
+        "backend": r.backend,
+        "kind": r.kind if r.backend == "k8s" else None,
+        "nodes": nodes,
+        "nproc_per_node": nproc,
+        "gpus_per_node": r.gpus_per_node,
+        "max_restarts": r.max_restarts,
+        "script": str(r.script.expanduser().resolve()) if r.script else None,
+        "payload_args": list(payload_args),
+        "checkpoint_dir": r.checkpoint_dir,
+        "env_names": sorted(env),  # names only: values may be anything the user passed
+        "inventory": str(cluster.path),
+    }
+    return DdpJob(
+        request=r,
+        nodes=nodes,
+        nproc_per_node=nproc,
+        payload_args=payload_args,
+        env=base_env,
+        hosts=hosts,
+        kubernetes_version=str(cluster.settings.get("kubernetes_version") or "1.36"),
+        image=image,
+        script_name=script_name,
+        script_text=text,
+        options=options,
+    )
+
+
+def with_request(job: DdpJob, **changes: Any) -> DdpJob:
+    return replace(job, request=replace(job.request, **changes))
+
+
+# --- what runs on each node ---------------------------------------------------------------------------
+
+
+def checkpoint_args(job: DdpJob, default_dir: str) -> list[str]:
+    """The payload's checkpoint and JSON-log flags (our payload only)."""
+    if job.request.script is not None:
+        return []
+    directory = job.request.checkpoint_dir or default_dir
+    return ["--checkpoint-path", f"{directory}/checkpoint.pt", "--log-path", f"{directory}/train.jsonl"]
+
+
+def torchrun_args(job: DdpJob) -> list[str]:
+    """torchrun's flags that are the same on every node (the per-node ones travel as PET_* or flags)."""
+    return ["--nnodes", str(job.nodes), "--nproc-per-node", str(job.nproc_per_node)]
+
+
+def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]:
+    """One NodeLaunch per host: torchrun (as `python -m torch.distributed.run`) with static rendezvous,
+    node rank = the host's place, master = node 0's address; the script travels with the job."""
+    from pyctl.train.launch import JOB_DIR, NodeLaunch
+
+    r = job.request
+    master = job.hosts[0].address
+    launches = []
+    for rank, host in enumerate(job.hosts):
+        env = dict(job.env)
+        env.update({"PYCTL_JOB_ID": job_id, "PYCTL_NODE_RANK": str(rank)})
+        if r.checkpoint_dir:
+            env["PYCTL_CHECKPOINT_DIR"] = r.checkpoint_dir
+        iface = r.iface or _iface_of(host)
+        if iface:
+            env["GLOO_SOCKET_IFNAME"] = iface
+            if r.gpus_per_node:
+                env["NCCL_SOCKET_IFNAME"] = iface
+        argv = [
+            pythons[host.name],
+            "-m",
+            "torch.distributed.run",
+            *torchrun_args(job),
+            "--node-rank",
+            str(rank),
+            "--master-addr",
+            master,
+            "--master-port",
+            str(r.master_port),
+            "--max-restarts",
+            str(r.max_restarts),
+            f"{JOB_DIR}/{job.script_name}",
+            *job.payload_args,
+            *checkpoint_args(job, JOB_DIR),
+        ]
+        launches.append(
+            NodeLaunch(
+                rank=rank,
+                host=host.name,
+                address=host.address,
+                argv=tuple(argv),
+                env=env,
+                files={job.script_name: job.script_text},
+            )
+        )
+    return launches

@@ -1,0 +1,432 @@
+"""The SSH backend: start one process tree per host over fabric, merge their logs, stop them as one.
+
+How a job runs:
+
+1. `preflight` (in the `pyctl train` process, before anything starts): log in to every host, check the
+   interpreter (and, with --check-env, that it imports torch) and the network interface. Any problem
+   is one line and exit 2.
+2. The supervisor (`python -m pyctl.train.supervisor JOB_DIR`, detached in its own session, so it
+   outlives the shell) logs in again, copies the job's files into `$HOME/.cache/pyctl/jobs/<job>/<host>/`
+   on each host and starts `hostwrap.py` there on its own SSH channel. hostwrap starts the job in a new
+   session (its own process group), writes the group id to `pgid`, and stops the whole tree when its
+   standard input closes or it gets SIGTERM/SIGHUP/SIGINT.
+3. Every line a host prints goes to `output.log` as `[host] line`.
+4. When a host's job exits non-zero, or the supervisor is told to stop (SIGTERM from `pyctl train
+   cancel`, Ctrl-C in `--follow`), the supervisor closes the standard input of every other host's
+   channel: each hostwrap stops its process group (SIGTERM, SIGKILL after the grace period). Hosts that
+   do not confirm in time get `kill -KILL` on their recorded group over a fresh channel. If the
+   supervisor itself dies, its SSH connections drop and each hostwrap sees EOF: nothing is orphaned.
+5. The job's exit code (the first failing host's, 130 when cancelled, else 0) is recorded and is what
+   `pyctl train ddp --follow` exits with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pyctl import remote
+from pyctl.errors import UsageError
+from pyctl.train import logs
+from pyctl.train.jobs import JobRecord, JobStore
+from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
+
+HOSTWRAP = Path(__file__).with_name("hostwrap.py")
+CANCELLED_EXIT = 130
+
+
+# --- preflight ------------------------------------------------------------------------------------------
+
+
+def preflight(
+    targets: list[remote.Target],
+    python: str,
+    ifaces: dict[str, str | None],
+    check_env: bool,
+) -> dict[str, str]:
+    """Log in to every host at once and check what the job needs; returns each host's torch version
+    (with check_env) or ''. Raises UsageError naming the host and the problem."""
+
+    def one(target: remote.Target) -> str:
+        conn = remote.connect(target)
+        try:
+            q = remote.quote
+            code, out = remote.run(conn, f"test -x {q([python])} || command -v {q([python])}", timeout=60)
+            if code != 0:
+                raise UsageError(
+                    f"host {target.name}: the interpreter {python} is not there",
+                    hint="give the hosts' interpreter with --python (it needs torch), or create it with "
+                    "'pyctl train setup -i INVENTORY'",
+                )
+            iface = ifaces.get(target.name)
+            if iface:
+                code, _ = remote.run(conn, f"test -d /sys/class/net/{q([iface])}", timeout=30)
+                if code != 0:
+                    raise UsageError(
+                        f"host {target.name}: network interface {iface!r} does not exist",
+                        hint="set train_iface for the host (or --iface) to the interface carrying its cluster address",
+                    )
+            if not check_env:
+                return ""
+            probe = "import torch, sys; sys.stdout.write(torch.__version__)"
+            code, out = remote.run(conn, f"{q([python])} -c {q([probe])}", timeout=300)
+            if code != 0:
+                last = (out.strip().splitlines() or ["no output"])[-1]
+                raise UsageError(
+                    f"host {target.name}: {python} cannot import torch: {last}",
+                    hint="install the payload environment (pyctl train setup) or point --python at one",
+                )
+            return out.strip().splitlines()[-1] if out.strip() else ""
+        finally:
+            remote.close(conn)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+        futures = {t.name: pool.submit(one, t) for t in targets}
+        results: dict[str, str] = {}
+        problems: list[BaseException] = []
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except BaseException as exc:
+                problems.append(exc)
+        if problems:
+            raise problems[0]
+        return results
+
+
+# --- job files --------------------------------------------------------------------------------------
+
+
+def write_launches(job_dir: Path, launches: list[NodeLaunch]) -> None:
+    """`launch/<rank>-<host>.json` and the files they need, for the supervisor (and for people)."""
+    folder = job_dir / "launch"
+    files = job_dir / "files"
+    folder.mkdir(mode=0o700)
+    files.mkdir(mode=0o700, exist_ok=True)
+    for launch in launches:
+        for name, data in launch.files.items():
+            (files / name).write_bytes(data)
+        body = {
+            "rank": launch.rank,
+            "host": launch.host,
+            "address": launch.address,
+            "argv": list(launch.argv),
+            "env": launch.env,
+            "cwd": launch.cwd,
+            "files": sorted(launch.files),
+            "command": launch.shell(),
+        }
+        (folder / f"{launch.rank}-{launch.host}.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
+def read_launches(job_dir: Path) -> list[NodeLaunch]:
+    launches = []
+    for path in sorted((job_dir / "launch").glob("*.json"), key=lambda p: int(p.name.split("-", 1)[0])):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        files = {name: (job_dir / "files" / name).read_bytes() for name in body["files"]}
+        launches.append(
+            NodeLaunch(
+                rank=body["rank"],
+                host=body["host"],
+                address=body["address"],
+                argv=tuple(body["argv"]),
+                env=body["env"],
+                cwd=body["cwd"],
+                files=files,
+            )
+        )
+    return launches
+
+
+def target_to_dict(target: remote.Target) -> dict[str, Any]:
+    data = asdict(target)
+    data.pop("notes", None)
+    return data
+
+
+def target_from_dict(data: dict[str, Any]) -> remote.Target:
+    values = dict(data)
+    for key in ("key_files", "known_hosts"):
+        values[key] = tuple(values.get(key) or ())
+    return remote.Target(**values)
+
+
+# --- the supervisor ---------------------------------------------------------------------------------
+
+
+class _Node:
+    def __init__(self, launch: NodeLaunch, target: remote.Target) -> None:
+        self.launch = launch
+        self.target = target
+        self.conn: Any = None
+        self.channel: Any = None
+        self.job_dir = ""
+        self.reader: threading.Thread | None = None
+        self.exit_code: int | None = None
+        self.finished_at: float | None = None
+        self.pgid: int | None = None
+
+
+class Supervisor:
+    """Runs one SSH job to its end; `stop()` (from a signal handler) stops every host."""
+
+    def __init__(self, store: JobStore, job_id: str, say: Any = print) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.dir = store.dir(job_id)
+        self.record = store.load(job_id)
+        self.say = say
+        self.stop_reason: str | None = None
+        self.cancelled = False
+        self._stop = threading.Event()
+        self.summary: dict[str, Any] | None = None
+
+    def stop(self, reason: str, cancelled: bool = False) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.cancelled = cancelled
+        self._stop.set()
+
+    def install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.stop(f"cancelled ({signal.Signals(signum).name})", cancelled=True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+    def run(self) -> int:
+        ssh = self.record.ssh
+        launches = read_launches(self.dir)
+        targets = {t["name"]: target_from_dict(t) for t in ssh["targets"]}
+        nodes = [_Node(launch, targets[launch.host]) for launch in launches]
+        merged = logs.MergedLog(self.dir / "output.log")
+        try:
+            self._start(nodes, merged, ssh)
+            if not self._stop.is_set():
+                self._update(state="running", started=time.time())
+                self.say(f"running on {len(nodes)} host(s)")
+            self._supervise(nodes)
+        except Exception as exc:
+            self.stop(f"supervisor error: {exc}")
+            self.say(f"error: {type(exc).__name__}: {exc}")
+            self._stop_all(nodes, float(ssh.get("grace_s", 15)))
+        finally:
+            for node in nodes:
+                if node.reader is not None:
+                    node.reader.join(timeout=10)
+                remote.close(node.conn)
+            merged.close()
+        return self._finish(nodes)
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def _start(self, nodes: list[_Node], merged: logs.MergedLog, ssh: dict[str, Any]) -> None:
+        def connect(node: _Node) -> None:
+            node.conn = remote.connect(node.target)
+            root = f"{REMOTE_ROOT}/{self.job_id}/{node.launch.host}"
+            code, out = remote.run(node.conn, f'mkdir -p -m 700 "$HOME/{root}" && cd "$HOME/{root}" && pwd', 60)
+            if code != 0:
+                raise remote.RemoteCommandError(f"host {node.launch.host}: cannot make the job directory: {out}")
+            node.job_dir = out.strip().splitlines()[-1]
+            for name, data in node.launch.files.items():
+                remote.put_bytes(node.conn, f"{node.job_dir}/{name}", data, 0o700 if name.endswith(".py") else 0o600)
+            launch = node.launch.resolved(node.job_dir)
+            launch.update({"pgid_file": f"{node.job_dir}/pgid", "grace_s": float(ssh.get("grace_s", 15))})
+            remote.put_bytes(node.conn, f"{node.job_dir}/launch.json", json.dumps(launch).encode())
+            remote.put_bytes(node.conn, f"{node.job_dir}/hostwrap.py", HOSTWRAP.read_bytes(), 0o700)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            for future in [pool.submit(connect, n) for n in nodes]:
+                future.result()
+        if self._stop.is_set():
+            return
+        python = ssh["wrapper_python"]
+        for node in nodes:
+            command = (
+                f"cd {remote.quote([node.job_dir])} && exec {remote.quote([python, 'hostwrap.py', 'launch.json'])}"
+            )
+            node.channel = remote.start(node.conn, command)
+            source = merged.source(f"[{node.launch.host}] ", self._on_line)
+            node.reader = threading.Thread(target=self._read, args=(node, source), daemon=True)
+            node.reader.start()
+        threading.Thread(target=self._record_pgids, args=(nodes,), daemon=True).start()
+
+    def _on_line(self, line: str) -> None:
+        summary = logs.parse_summary(line)
+        if summary is not None:
+            self.summary = summary
+
+    @staticmethod
+    def _read(node: _Node, source: logs.LineSplitter) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                data = node.channel.recv(65536)
+                if not data:
+                    break
+                source.feed(data)
+        source.flush()
+
+    def _record_pgids(self, nodes: list[_Node]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(n.pgid is None for n in nodes) and not self._stop.is_set():
+            for node in nodes:
+                if node.pgid is None:
+                    with contextlib.suppress(Exception):
+                        code, out = remote.run(node.conn, f"cat {remote.quote([node.job_dir + '/pgid'])}", 30)
+                        if code == 0 and out.strip():
+                            node.pgid = int(out.split()[0])
+            time.sleep(1)
+        pgids = {n.launch.host: n.pgid for n in nodes}
+
+        def change(record: JobRecord) -> None:
+            for entry in record.nodes:
+                entry.pgid = pgids.get(entry.name, entry.pgid)
+            record.ssh["job_dirs"] = {n.launch.host: n.job_dir for n in nodes}
+
+        with contextlib.suppress(Exception):
+            self.store.update(self.job_id, change)
+
+    # -- supervise ---------------------------------------------------------------------------------
+
+    def _supervise(self, nodes: list[_Node]) -> None:
+        grace = float(self.record.ssh.get("grace_s", 15))
+        while True:
+            for node in nodes:
+                if node.exit_code is None and node.channel is not None and node.channel.exit_status_ready():
+                    node.exit_code = node.channel.recv_exit_status()
+                    node.finished_at = time.time()
+                    if node.exit_code == -1:  # the channel closed without a status: connection lost
+                        node.exit_code = 255
+                    self.say(f"host {node.launch.host} exited with {node.exit_code}")
+                    if node.exit_code != 0:
+                        self.stop(f"host {node.launch.host} failed (exit code {node.exit_code})")
+            if all(n.exit_code is not None for n in nodes):
+                return
+            if self._stop.is_set():
+                self._stop_all(nodes, grace)
+                return
+            self._stop.wait(0.2)
+
+    def _stop_all(self, nodes: list[_Node], grace: float) -> None:
+        self.say(f"stopping every host: {self.stop_reason}")
+        for node in nodes:
+            if node.exit_code is None and node.channel is not None:
+                remote.stop_input(node.channel)
+        deadline = time.monotonic() + grace + 20
+        while time.monotonic() < deadline:
+            for node in nodes:
+                if node.exit_code is None and node.channel is not None and node.channel.exit_status_ready():
+                    node.exit_code = node.channel.recv_exit_status()
+                    node.finished_at = time.time()
+            if all(n.exit_code is not None or n.channel is None for n in nodes):
+                return
+            time.sleep(0.2)
+        for node in nodes:
+            if node.exit_code is None and node.conn is not None:
+                self.say(f"host {node.launch.host} did not stop in time: killing its process group")
+                with contextlib.suppress(Exception):
+                    kill_group(node.conn, node.job_dir)
+                node.exit_code = 137
+
+    # -- finish ------------------------------------------------------------------------------------
+
+    def _finish(self, nodes: list[_Node]) -> int:
+        failed = sorted((n for n in nodes if n.exit_code not in (None, 0)), key=lambda n: n.finished_at or float("inf"))
+        if self.cancelled:
+            state, code, message = "cancelled", CANCELLED_EXIT, self.stop_reason or "cancelled"
+        elif self.stop_reason and self.stop_reason.startswith("supervisor error"):
+            state, code, message = "failed", 1, self.stop_reason
+        elif failed:
+            first = failed[0]
+            state, code = "failed", int(first.exit_code or 1)
+            message = f"host {first.launch.host} failed with exit code {code}; the other hosts were stopped"
+        elif any(n.exit_code is None for n in nodes):
+            state, code, message = "failed", 1, self.stop_reason or "not every host started"
+        else:
+            state, code, message = "succeeded", 0, "every host finished"
+        codes = {n.launch.host: n.exit_code for n in nodes}
+
+        def change(record: JobRecord) -> None:
+            record.state, record.exit_code, record.message = state, code, message
+            record.finished = time.time()
+            record.summary = self.summary
+            for entry in record.nodes:
+                entry.exit_code = codes.get(entry.name, entry.exit_code)
+
+        self.store.update(self.job_id, change)
+        self.say(f"job {state}: {message}")
+        return code
+
+    def _update(self, **values: Any) -> None:
+        def change(record: JobRecord) -> None:
+            for key, value in values.items():
+                setattr(record, key, value)
+
+        self.store.update(self.job_id, change)
+
+
+def kill_group(conn: Any, job_dir: str, sig: str = "KILL") -> None:
+    """Signal the job's process group and its wrapper on one host, from the recorded `pgid` file."""
+    pgid_file = remote.quote([f"{job_dir}/pgid"])
+    script = (
+        f"test -f {pgid_file} || exit 0; read pg wp < {pgid_file}; "
+        f'kill -{sig} -- "-$pg" 2>/dev/null; kill -{sig} "$wp" 2>/dev/null; exit 0'
+    )
+    remote.run(conn, script, timeout=30)
+
+
+def cancel_without_supervisor(store: JobStore, record: JobRecord) -> None:
+    """The supervisor is gone but the record says running: stop each host's group directly."""
+    targets = {t["name"]: target_from_dict(t) for t in record.ssh.get("targets", [])}
+    job_dirs = record.ssh.get("job_dirs", {})
+
+    def one(name: str) -> None:
+        conn = remote.connect(targets[name])
+        try:
+            directory = job_dirs.get(name) or f"$HOME/{REMOTE_ROOT}/{record.id}/{name}"
+            kill_group(conn, directory, "TERM")
+            time.sleep(float(record.ssh.get("grace_s", 15)) if record.ssh.get("grace_s") else 5)
+            kill_group(conn, directory, "KILL")
+        finally:
+            remote.close(conn)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
+        for future in [pool.submit(one, n) for n in targets]:
+            with contextlib.suppress(Exception):
+                future.result()
+
+    def change(rec: JobRecord) -> None:
+        if not rec.final:
+            rec.state, rec.exit_code = "cancelled", CANCELLED_EXIT
+            rec.message = "cancelled (the supervisor was gone; process groups stopped directly)"
+            rec.finished = time.time()
+
+    store.update(record.id, change)
+
+
+def supervisor_alive(record: JobRecord) -> bool:
+    pid = record.supervisor_pid
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return record.id.encode() in cmdline and b"pyctl.train.supervisor" in cmdline
+
+
+def signal_supervisor(record: JobRecord, sig: int = signal.SIGTERM) -> bool:
+    if not supervisor_alive(record):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(record.supervisor_pid or 0), sig)
+        return True
+    return False
