@@ -308,12 +308,16 @@ def torchrun_args(job: DdpJob) -> list[str]:
 
 
 def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]:
-    """One NodeLaunch per host: torchrun (as `python -m torch.distributed.run`) with static rendezvous,
-    node rank = the host's place, master = node 0's address; the script travels with the job."""
+    """One NodeLaunch per host: torchrun (`python -m torch.distributed.run`) with c10d rendezvous hosted
+    by node 0's agent (`is_host` set explicitly, never guessed) and each node's inventory address as its
+    `--local-addr`. c10d, not static: with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 it gives each restart a
+    fresh store, which static rendezvous cannot (a multi-node restart then dies reading the failed
+    attempt's peer address). Ranks follow the sorted local addresses, so rank 0 stays on one host across
+    restarts and its checkpoint is found again. The script travels with the job."""
     from pyctl.train.launch import JOB_DIR, NodeLaunch
 
     r = job.request
-    master = job.hosts[0].address
+    endpoint = f"{_url_host(job.hosts[0].address)}:{r.master_port}"
     launches = []
     for rank, host in enumerate(job.hosts):
         env = dict(job.env)
@@ -330,12 +334,16 @@ def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]
             "-m",
             "torch.distributed.run",
             *torchrun_args(job),
-            "--node-rank",
-            str(rank),
-            "--master-addr",
-            master,
-            "--master-port",
-            str(r.master_port),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            job_id,
+            "--rdzv-conf",
+            f"is_host={1 if rank == 0 else 0}",
+            "--local-addr",
+            host.address,
             "--max-restarts",
             str(r.max_restarts),
             f"{JOB_DIR}/{job.script_name}",
@@ -353,3 +361,7 @@ def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]
             )
         )
     return launches
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

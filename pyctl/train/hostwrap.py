@@ -82,15 +82,31 @@ def signal_tree(pgid: int, sig: int) -> int:
     return count
 
 
-def reap() -> None:
-    """Collect exit statuses of orphans handed to us as subreaper, so none stays a zombie."""
-    while True:
+def reap(keep: int) -> None:
+    """Collect exit statuses of orphans handed to us as subreaper, so none stays a zombie.
+
+    Never `waitpid(-1)`: that could take the job's own exit status from under Popen (which then reports
+    0). Only our other direct children are waited for, by pid."""
+    for pid in direct_children():
+        if pid != keep:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def direct_children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == me:
+            found.append(int(entry))
+    return found
 
 
 def stop_tree(child: subprocess.Popen, grace: float) -> None:
@@ -98,7 +114,7 @@ def stop_tree(child: subprocess.Popen, grace: float) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         reap_child(child)
-        reap()
+        reap(child.pid)
         if child.returncode is not None and not descendants(os.getpid()):
             return
         time.sleep(0.1)
@@ -107,7 +123,7 @@ def stop_tree(child: subprocess.Popen, grace: float) -> None:
         say(f"grace of {grace:.0f} s over: killed {killed} remaining process(es)")
     for _ in range(50):
         reap_child(child)
-        reap()
+        reap(child.pid)
         if child.returncode is not None and not descendants(os.getpid()):
             return
         time.sleep(0.1)
@@ -166,7 +182,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     while child.poll() is None and not stop.wait(0.2):
-        reap()
+        reap(child.pid)
     if child.returncode is None:
         say(f"stopping the job's processes: {reason[0] if reason else 'stop requested'}")
         stop_tree(child, grace)
@@ -176,7 +192,7 @@ def main(argv: list[str]) -> int:
     # The job ended by itself: stop whatever it left behind (its own group, orphans reparented to us).
     if descendants(os.getpid()):
         stop_tree(child, min(grace, 5.0))
-    reap()
+    reap(child.pid)
     return exit_code(child.returncode)
 
 
