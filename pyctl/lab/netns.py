@@ -54,7 +54,7 @@ def sshd_config(lab: Lab, host: LabHost) -> str:
         "Port 22\n"
         f"HostKey {directory / HOST_KEY}\n"
         f"PidFile {directory / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {lab.dir / 'authorized_keys'}\n"
+        f"AuthorizedKeysFile {lab.dir / 'authorized_keys'} .ssh/authorized_keys\n"
         "PermitRootLogin prohibit-password\n"
         "PubkeyAuthentication yes\n"
         "PasswordAuthentication no\n"
