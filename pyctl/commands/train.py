@@ -113,12 +113,13 @@ def _run_ssh(  # noqa: PLR0917 - one call site, each argument named there
     user, keys = _ssh_identity(settings, cluster, job.request)
     targets = [remote.target_for(h, user=user, key_files=keys) for h in job.hosts]
     ifaces = {h.name: job.request.iface or ddp._iface_of(h) for h in job.hosts}
+    check, env = job.request.check_env, job.env
     if len(set(pythons.values())) == 1:
-        versions = sshjob.preflight(targets, next(iter(pythons.values())), ifaces, job.request.check_env)
+        versions = sshjob.preflight(targets, next(iter(pythons.values())), ifaces, check, env)
     else:
         versions = {}
         for target in targets:
-            versions.update(sshjob.preflight([target], pythons[target.name], ifaces, job.request.check_env))
+            versions.update(sshjob.preflight([target], pythons[target.name], ifaces, check, env))
     if job.request.check_env:
         _say("torch on each host: " + ", ".join(f"{h}={v}" for h, v in versions.items()))
 

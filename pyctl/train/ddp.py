@@ -252,6 +252,12 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
     env = _parse_env(r.env)
     text, script_name, payload_args = _program(r, project_dir)
     nodes, hosts = _placement(r, cluster)
+    if r.kind == "pytorchjob" and r.backend == "k8s" and nodes > 1 and r.max_restarts > 0:
+        raise UsageError(
+            "--max-restarts with --kind pytorchjob on more than one node is not supported",
+            hint="the operator wires torchrun's static rendezvous, which cannot restart across nodes; "
+            "use --kind indexed-job (c10d rendezvous when restarts are asked for)",
+        )
     nproc = r.nproc_per_node or (r.gpus_per_node or 1)
     image = r.image or (DEFAULT_IMAGE_GPU if r.gpus_per_node else DEFAULT_IMAGE_CPU)
     base_env = {"PYTHONUNBUFFERED": "1"}

@@ -51,9 +51,12 @@ def preflight(
     python: str,
     ifaces: dict[str, str | None],
     check_env: bool,
+    env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Log in to every host at once and check what the job needs; returns each host's torch version
-    (with check_env) or ''. Raises UsageError naming the host and the problem."""
+    (with check_env, in the job's own environment `env`) or ''. Raises UsageError naming the host and
+    the problem."""
+    assignments = " ".join(f"{k}={remote.quote([v])}" for k, v in sorted((env or {}).items()))
 
     def one(target: remote.Target) -> str:
         conn = remote.connect(target)
@@ -77,7 +80,8 @@ def preflight(
             if not check_env:
                 return ""
             probe = "import torch, sys; sys.stdout.write(torch.__version__)"
-            code, out = remote.run(conn, f"{q([python])} -c {q([probe])}", timeout=300)
+            prefix = f"env {assignments} " if assignments else ""
+            code, out = remote.run(conn, f"{prefix}{q([python])} -c {q([probe])}", timeout=300)
             if code != 0:
                 last = (out.strip().splitlines() or ["no output"])[-1]
                 raise UsageError(

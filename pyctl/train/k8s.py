@@ -1,0 +1,230 @@
+"""The Kubernetes backend: submit, watch, stream logs of and cancel a job with the kubernetes client.
+
+It reads the admin kubeconfig `pyctl bootstrap` fetched (`settings.kubeconfig(cluster)`), never a
+user's ~/.kube/config, and never prints or records anything from it. Logs are merged with `[node i]`
+prefixes (i = the completion index; for a PyTorchJob, Master = 0 and Worker k = k + 1).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pyctl.errors import PyctlError
+from pyctl.train import logs
+from pyctl.train.jobs import JobRecord
+from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
+
+KUBEFLOW = ("kubeflow.org", "v1", "pytorchjobs")
+
+
+class KubeError(PyctlError):
+    """The API server refused or could not be reached."""
+
+
+@dataclass
+class Outcome:
+    state: str  # running | succeeded | failed | cancelled
+    exit_code: int | None
+    message: str
+    summary: dict[str, Any] | None = None
+
+
+def job_outcome(status: dict[str, Any] | None) -> Outcome:
+    """A batch/v1 Job's status (as a dict) to pyctl's state; exit codes are filled in from pods."""
+    conditions = {c.get("type"): c for c in (status or {}).get("conditions") or [] if c.get("status") == "True"}
+    for kind in ("Failed", "FailureTarget"):
+        if kind in conditions:
+            reason = conditions[kind].get("reason") or "Failed"
+            text = conditions[kind].get("message") or ""
+            return Outcome("failed", 1, f"the Job failed: {reason}{': ' + text if text else ''}")
+    for kind in ("Complete", "SuccessCriteriaMet"):
+        if kind in conditions:
+            return Outcome("succeeded", 0, "the Job completed")
+    return Outcome("running", None, f"{(status or {}).get('active') or 0} pod(s) active")
+
+
+def pytorchjob_outcome(status: dict[str, Any] | None) -> Outcome:
+    conditions = {c.get("type"): c for c in (status or {}).get("conditions") or [] if c.get("status") == "True"}
+    if "Failed" in conditions:
+        return Outcome("failed", 1, f"the PyTorchJob failed: {conditions['Failed'].get('message') or ''}".rstrip(": "))
+    if "Succeeded" in conditions:
+        return Outcome("succeeded", 0, "the PyTorchJob succeeded")
+    return Outcome("running", None, "running")
+
+
+def node_index(pod: Any) -> int:
+    annotations = pod.metadata.annotations or {}
+    if COMPLETION_INDEX_ANNOTATION in annotations:
+        return int(annotations[COMPLETION_INDEX_ANNOTATION])
+    labels = pod.metadata.labels or {}
+    index = int(labels.get("training.kubeflow.org/replica-index", "0"))
+    return index + (1 if labels.get("training.kubeflow.org/replica-type", "").lower() == "worker" else 0)
+
+
+class Client:
+    def __init__(self, kubeconfig: Path) -> None:
+        from kubernetes import client, config
+
+        try:
+            self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        except Exception as exc:
+            raise KubeError(f"the kubeconfig {kubeconfig} cannot be used: {type(exc).__name__}") from exc
+        self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise KubeError(f"{what}: the API server answered {exc.status} {exc.reason}") from exc
+        except Exception as exc:  # urllib3 errors: unreachable, TLS
+            raise KubeError(f"{what}: the API server cannot be reached ({type(exc).__name__})") from exc
+
+    # -- submit / cancel ----------------------------------------------------------------------------
+
+    def submit(self, documents: dict[str, str], namespace: str) -> None:
+        objects = {name: yaml.safe_load(text) for name, text in documents.items()}
+        if "configmap" in objects:
+            self._call(
+                "create the script ConfigMap", self.core.create_namespaced_config_map, namespace, objects["configmap"]
+            )
+        if "pytorchjob" in objects:
+            group, version, plural = KUBEFLOW
+            self._call(
+                "create the PyTorchJob",
+                self.custom.create_namespaced_custom_object,
+                group,
+                version,
+                namespace,
+                plural,
+                objects["pytorchjob"],
+            )
+            return
+        created = self._call("create the Job", self.batch.create_namespaced_job, namespace, objects["job"])
+        owner = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": created.metadata.name,
+                "uid": created.metadata.uid,
+                "blockOwnerDeletion": False,
+            }
+        ]
+        # Owned by the Job, so deleting the Job (cancel, or a TTL) also removes them.
+        service = objects["service"]
+        service["metadata"]["ownerReferences"] = owner
+        self._call("create the headless Service", self.core.create_namespaced_service, namespace, service)
+        if "configmap" in objects:
+            self._call(
+                "own the script ConfigMap",
+                self.core.patch_namespaced_config_map,
+                objects["configmap"]["metadata"]["name"],
+                namespace,
+                {"metadata": {"ownerReferences": owner}},
+            )
+
+    def cancel(self, record: JobRecord) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = record.k8s["namespace"], record.k8s["name"]
+        try:
+            if record.k8s.get("kind") == "pytorchjob":
+                group, version, plural = KUBEFLOW
+                self.custom.delete_namespaced_custom_object(
+                    group, version, namespace, plural, name, propagation_policy="Foreground"
+                )
+                self.core.delete_namespaced_config_map(f"{name}-script", namespace)
+            else:
+                self.batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise KubeError(f"delete {name}: the API server answered {exc.status} {exc.reason}") from exc
+
+    # -- status / logs ------------------------------------------------------------------------------
+
+    def _pods(self, record: JobRecord) -> list[Any]:
+        namespace, name = record.k8s["namespace"], record.k8s["name"]
+        selector = (
+            f"training.kubeflow.org/job-name={name}" if record.k8s.get("kind") == "pytorchjob" else f"job-name={name}"
+        )
+        pods = self._call("list the job's pods", self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return sorted(pods.items, key=node_index)
+
+    def status(self, record: JobRecord) -> Outcome:
+        namespace, name = record.k8s["namespace"], record.k8s["name"]
+        if record.k8s.get("kind") == "pytorchjob":
+            group, version, plural = KUBEFLOW
+            body = self._call(
+                "read the PyTorchJob", self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
+            )
+            outcome = pytorchjob_outcome(body.get("status"))
+        else:
+            body = self._call("read the Job", self.batch.read_namespaced_job, name, namespace)
+            outcome = job_outcome(self.api.sanitize_for_serialization(body.status))
+        if outcome.state == "failed":
+            for pod in self._pods(record):
+                for container in (pod.status.container_statuses or []) if pod.status else []:
+                    terminated = container.state.terminated if container.state else None
+                    if terminated is not None and terminated.exit_code:
+                        outcome.exit_code = int(terminated.exit_code)
+                        outcome.message += f" (node {node_index(pod)} exited with {terminated.exit_code})"
+                        return outcome
+        return outcome
+
+    def logs(self, record: JobRecord, out: Callable[[str], None]) -> None:
+        for pod in self._pods(record):
+            text = self._call(
+                "read a pod's log", self.core.read_namespaced_pod_log, pod.metadata.name, record.k8s["namespace"]
+            )
+            for line in str(text).splitlines():
+                out(f"[node {node_index(pod)}] {line}")
+
+    def follow(self, record: JobRecord, out: Callable[[str], None], poll: float = 2.0) -> Outcome:
+        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended."""
+        merged = logs.MergedLog(Path("/dev/null"), echo=out)
+        found: dict[str, threading.Thread] = {}
+        summary: dict[str, Any] = {}
+
+        def on_line(line: str) -> None:
+            parsed = logs.parse_summary(line)
+            if parsed is not None:
+                summary.update(parsed)
+
+        def stream(pod_name: str, index: int) -> None:
+            source = merged.source(f"[node {index}] ", on_line)
+            for _ in range(600):  # wait for the container to start
+                try:
+                    response = self.core.read_namespaced_pod_log(
+                        pod_name, record.k8s["namespace"], follow=True, _preload_content=False
+                    )
+                    for chunk in response.stream(65536):
+                        source.feed(chunk)
+                    break
+                except Exception:  # not started yet (400 ContainerCreating): try again
+                    time.sleep(1)
+            source.flush()
+
+        while True:
+            for pod in self._pods(record):
+                if pod.metadata.name not in found and pod.status and pod.status.phase != "Pending":
+                    thread = threading.Thread(target=stream, args=(pod.metadata.name, node_index(pod)), daemon=True)
+                    found[pod.metadata.name] = thread
+                    thread.start()
+            outcome = self.status(record)
+            if outcome.state != "running":
+                for thread in found.values():
+                    thread.join(timeout=30)
+                outcome.summary = summary or None
+                merged.close()
+                return outcome
+            time.sleep(poll)
