@@ -170,8 +170,9 @@ def main(argv: list[str]) -> int:
     if pgid_file:
         tmp = f"{pgid_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"pgid": child.pid, "wrapper_pid": os.getpid()}, handle)
+            handle.write(f"{child.pid} {os.getpid()}\n")
         os.replace(tmp, pgid_file)
+    say(f"started process group {child.pid}")
 
     def watch_stdin() -> None:
         with contextlib.suppress(OSError):

@@ -41,6 +41,7 @@ from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
 
 HOSTWRAP = Path(__file__).with_name("hostwrap.py")
 CANCELLED_EXIT = 130
+PGID_LINE = "[pyctl-host] started process group "
 
 
 # --- preflight ------------------------------------------------------------------------------------------
@@ -258,15 +259,21 @@ class Supervisor:
                 f"cd {remote.quote([node.job_dir])} && exec {remote.quote([python, 'hostwrap.py', 'launch.json'])}"
             )
             node.channel = remote.start(node.conn, command)
-            source = merged.source(f"[{node.launch.host}] ", self._on_line)
+            source = merged.source(f"[{node.launch.host}] ", self._line_handler(node, nodes))
             node.reader = threading.Thread(target=self._read, args=(node, source), daemon=True)
             node.reader.start()
-        threading.Thread(target=self._record_pgids, args=(nodes,), daemon=True).start()
 
-    def _on_line(self, line: str) -> None:
-        summary = logs.parse_summary(line)
-        if summary is not None:
-            self.summary = summary
+    def _line_handler(self, node: _Node, nodes: list[_Node]) -> Any:
+        def on_line(line: str) -> None:
+            if node.pgid is None and line.startswith(PGID_LINE):
+                node.pgid = int(line[len(PGID_LINE) :].split()[0])
+                self._record_pgids(nodes)
+                return
+            summary = logs.parse_summary(line)
+            if summary is not None:
+                self.summary = summary
+
+        return on_line
 
     @staticmethod
     def _read(node: _Node, source: logs.LineSplitter) -> None:
@@ -279,15 +286,7 @@ class Supervisor:
         source.flush()
 
     def _record_pgids(self, nodes: list[_Node]) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(n.pgid is None for n in nodes) and not self._stop.is_set():
-            for node in nodes:
-                if node.pgid is None:
-                    with contextlib.suppress(Exception):
-                        code, out = remote.run(node.conn, f"cat {remote.quote([node.job_dir + '/pgid'])}", 30)
-                        if code == 0 and out.strip():
-                            node.pgid = int(out.split()[0])
-            time.sleep(1)
+        """Record each host's process group (announced by hostwrap's first line) and job directory."""
         pgids = {n.launch.host: n.pgid for n in nodes}
 
         def change(record: JobRecord) -> None:

@@ -23,6 +23,16 @@ from tests.train.conftest import DDP_PYTHON, FAST, cli_env, payload_processes, p
 pytestmark = pytest.mark.lab
 
 
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs(train_lab):
+    """A failed test must not leave its job running into the next one (same hosts, same port)."""
+    yield
+    jobs = train_lab.state_dir / "jobs"
+    for path in jobs.glob("*/job.json") if jobs.is_dir() else []:
+        if json.loads(path.read_text())["state"] not in ("succeeded", "failed", "cancelled"):
+            pyctl(train_lab.state_dir, "train", "cancel", path.parent.name, timeout=180)
+
+
 def _job_id(run) -> str:
     return run.stdout.strip().splitlines()[-1]
 
