@@ -266,7 +266,7 @@ class Supervisor:
     def _line_handler(self, node: _Node, nodes: list[_Node]) -> Any:
         def on_line(line: str) -> None:
             if node.pgid is None and line.startswith(PGID_LINE):
-                node.pgid = int(line[len(PGID_LINE) :].split()[0])
+                node.pgid = int(line[len(PGID_LINE) :].split(maxsplit=1)[0])
                 self._record_pgids(nodes)
                 return
             summary = logs.parse_summary(line)
