@@ -87,7 +87,7 @@ def preflight(
                 last = (out.strip().splitlines() or ["no output"])[-1]
                 raise UsageError(
                     f"host {target.name}: {python} cannot import torch: {last}",
-                    hint="install payloads/ddp/requirements.txt into that environment, or point --python at one that has it",
+                    hint="install payloads/ddp/requirements.txt into that environment, or point --python at one",
                 )
             return out.strip().splitlines()[-1] if out.strip() else ""
         finally:
