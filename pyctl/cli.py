@@ -217,6 +217,19 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     raise typer.Exit(run_ddp(request, render, follow))
 
 
+@train_app.command("setup")
+def train_setup(
+    inventory: InventoryOpt,
+    limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these hosts or groups.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
+) -> None:
+    """Install the DDP payload's Python environment on every training host (for --backend ssh)."""
+    from pyctl.commands.train import run_setup
+
+    raise typer.Exit(run_setup(inventory, limit, check, verbose))
+
+
 JobArg = Annotated[str, typer.Argument(help="Job id, a unique prefix of it, or 'last'.", show_default=False)]
 
 

@@ -67,8 +67,8 @@ def preflight(
             if code != 0:
                 raise UsageError(
                     f"host {target.name}: the interpreter {python} is not there",
-                    hint="give the hosts' interpreter with --python or the train_python host variable (it needs "
-                    "torch: python3 -m venv DIR && DIR/bin/pip install -r payloads/ddp/requirements.txt)",
+                    hint="create it with 'pyctl train setup -i INVENTORY', or name another interpreter with torch "
+                    "(--python, or the train_python host variable)",
                 )
             iface = ifaces.get(target.name)
             if iface:
@@ -87,7 +87,7 @@ def preflight(
                 last = (out.strip().splitlines() or ["no output"])[-1]
                 raise UsageError(
                     f"host {target.name}: {python} cannot import torch: {last}",
-                    hint="install payloads/ddp/requirements.txt into that environment, or point --python at one",
+                    hint="run 'pyctl train setup -i INVENTORY', or point --python at an environment with torch",
                 )
             return out.strip().splitlines()[-1] if out.strip() else ""
         finally:
