@@ -100,6 +100,7 @@ class KubeletStandin:
         self.configmaps = configmaps or {}
         self.workdir = workdir
         self.master_delay_s = master_delay_s
+        self.stopped_for: str | None = None
         self.pods = [
             Pod(
                 index=i,
@@ -245,7 +246,12 @@ class KubeletStandin:
                 if pod.exit_code is None and pod.process is not None and pod.process.poll() is not None:
                     pod.exit_code = pod.process.returncode
             failed = [p for p in self.pods if p.exit_code not in (None, 0)]
-            if failed or self.pods[0].exit_code == 0:  # podFailurePolicy FailJob / successPolicy index 0
+            if failed:  # podFailurePolicy: FailJob
+                self.stopped_for = "failure"
+                self.stop_all()
+                break
+            if self.pods[0].exit_code == 0:  # successPolicy: index 0 succeeded; the rest are terminated
+                self.stopped_for = "success"
                 self.stop_all()
                 break
             if all(p.exit_code is not None for p in self.pods):
@@ -254,6 +260,16 @@ class KubeletStandin:
         else:
             self.stop_all()
         return {p.index: p.exit_code if p.exit_code is not None else -1 for p in self.pods}
+
+    @property
+    def outcome(self) -> str:
+        """The Job's condition as the controller would set it: index 0 succeeding is success
+        (successPolicy), any failed index before that is failure (podFailurePolicy FailJob)."""
+        if self.pods[0].exit_code == 0 and self.stopped_for != "failure":
+            return "succeeded"
+        if all(p.exit_code == 0 for p in self.pods):
+            return "succeeded"
+        return "failed"
 
     def stop_all(self, grace: float = 10) -> None:
         for pod in self.pods:

@@ -277,13 +277,14 @@ def test_cancel_from_another_process_stops_every_host(train_lab):
 
 
 def test_ctrl_c_while_following_cancels_the_job(train_lab):
+    before = set((train_lab.state_dir / "jobs").glob("*"))
     process = subprocess.Popen(
         [sys.executable, "-m", "pyctl", "train", "ddp", "-i", train_lab.inventory, "--backend", "ssh",
          "--ssh-user", "root", "--python", str(DDP_PYTHON), "--epochs", "300", *FAST, "--follow"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(train_lab.state_dir),
     )  # fmt: skip
     try:
-        wait_for(lambda: "epoch 1/300" in _newest_log(train_lab.state_dir), 240, "the first epoch")
+        wait_for(lambda: "epoch 1/300" in _new_job_log(train_lab.state_dir, before), 240, "the first epoch")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
     finally:
@@ -305,6 +306,7 @@ def test_killed_supervisor_leaves_no_orphans(train_lab):
     assert json.loads(status.stdout)["state"] == "failed"
 
 
-def _newest_log(state_dir: Path) -> str:
-    jobs = sorted((state_dir / "jobs").glob("*/output.log"), key=lambda p: p.stat().st_mtime)
-    return jobs[-1].read_text() if jobs else ""
+def _new_job_log(state_dir: Path, before: set[Path]) -> str:
+    """The log of the job started after `before` was taken (not an older job's)."""
+    new = [p for p in (state_dir / "jobs").glob("*") if p not in before and (p / "output.log").exists()]
+    return (new[0] / "output.log").read_text() if new else ""
