@@ -828,7 +828,8 @@ if __name__ == "__main__":
     # keeps the gloo process group's threads (pt_gloo_runloop, gloo_tcp_loop) alive past
     # destroy_process_group, and tearing them down at exit sometimes aborts a worker that has already
     # finished ("terminate called without an active exception", SIGABRT), which torchrun counts as a
-    # failure. Every file is closed and fsynced by now; only the standard streams need flushing.
+    # failure. Every file is closed by now (the checkpoint fsynced); only the standard streams need
+    # flushing.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
