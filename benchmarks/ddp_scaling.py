@@ -144,9 +144,7 @@ def steady_samples_per_s(records: list[dict]) -> tuple[float, int]:
     return samples / seconds, epochs[-1]["samples"]
 
 
-def run_jobs(
-    python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: float
-) -> tuple[list[dict], Run]:
+def run_jobs(python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: float) -> tuple[list[dict], Run]:
     """Start the jobs (nproc, flags, log) at once, wait for all; return the first log and the figures."""
     quiet_before = wait_for_quiet(max_wait)
     with LoadMeter() as meter:
@@ -180,9 +178,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per epoch and rank (default: 40)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size per rank (default: 64)")
-    parser.add_argument(
-        "--epochs", type=int, default=3, help="epochs per run, the first is warm-up (default: 3)"
-    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run, the first is warm-up (default: 3)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, best kept (default: 2)")
     parser.add_argument(
         "--quiet-wait",
@@ -207,9 +203,7 @@ def main() -> int:
         kinds = {
             "1 rank": lambda r: [(1, flags, work / f"one-{r}.jsonl")],
             "2 ranks": lambda r: [(2, flags, work / f"two-{r}.jsonl")],
-            "2 independent 1-rank jobs": lambda r: [
-                (1, flags, work / f"solo{i}-{r}.jsonl") for i in range(2)
-            ],
+            "2 independent 1-rank jobs": lambda r: [(1, flags, work / f"solo{i}-{r}.jsonl") for i in range(2)],
         }
         best: dict[str, Run] = {}
         for repeat in range(args.repeats):  # interleaved, so a burst of outside load hits every kind alike
@@ -226,10 +220,7 @@ def main() -> int:
         t1, t2 = best["1 rank"].samples_per_s, best["2 ranks"].samples_per_s
         ceiling = best["2 independent 1-rank jobs"].samples_per_s
         efficiency = t2 / (2 * t1)
-        print(
-            f"best of {args.repeats}: t1 = {t1:.1f}, t2 = {t2:.1f}, "
-            f"two independent jobs = {ceiling:.1f} samples/s"
-        )
+        print(f"best of {args.repeats}: t1 = {t1:.1f}, t2 = {t2:.1f}, two independent jobs = {ceiling:.1f} samples/s")
         verdict = "met" if efficiency >= TARGET_EFFICIENCY else "NOT met"
         print(
             f"scaling efficiency t2 / (2 * t1) = {t2:.1f} / (2 * {t1:.1f}) = {efficiency:.3f} "

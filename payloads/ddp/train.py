@@ -133,12 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder with Fashion-MNIST (IDX files or a Hugging Face save_to_disk folder); "
         "required for fashion-mnist, rejected for digits (scikit-learn ships it)",
     )
-    parser.add_argument(
-        "--epochs", type=positive_int, default=10, help="total epochs of the job (default: 10)"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=64, help="batch size per rank (default: 64)"
-    )
+    parser.add_argument("--epochs", type=positive_int, default=10, help="total epochs of the job (default: 10)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size per rank (default: 64)")
     parser.add_argument(
         "--lr", type=positive_float, default=0.01, help="SGD learning rate, momentum 0.9 (default: 0.01)"
     )
@@ -348,9 +344,7 @@ def load_hf(data_path: Path) -> Splits:
     for split in ("train", "test"):
         folder = data_path / split
         if not (folder / "state.json").is_file():
-            raise PayloadError(
-                f"{data_path}: Hugging Face folder without a '{split}' split ({folder}/state.json)"
-            )
+            raise PayloadError(f"{data_path}: Hugging Face folder without a '{split}' split ({folder}/state.json)")
         table = datasets.load_from_disk(str(folder)).with_format("arrow")[:]
         for name in ("image", "label"):
             if name not in table.column_names:
@@ -359,9 +353,7 @@ def load_hf(data_path: Path) -> Splits:
         arrays[split] = (hf_images(table.column("image"), str(folder)), labels)
     images_max = max(float(arrays["train"][0].max(initial=0)), 1.0)
     scale = 255.0 if images_max > 1.0 else 1.0
-    return make_splits(
-        *arrays["train"], *arrays["test"], scale=scale, source=f"Hugging Face arrow in {data_path}"
-    )
+    return make_splits(*arrays["train"], *arrays["test"], scale=scale, source=f"Hugging Face arrow in {data_path}")
 
 
 def load_data(dataset: str, data_path: Path | None) -> Splits:
@@ -374,9 +366,7 @@ def load_data(dataset: str, data_path: Path | None) -> Splits:
         files = find_idx_files(data_path)
         if files is not None:
             return load_idx(files)
-    raise PayloadError(
-        f"no Fashion-MNIST data at {data_path}: expected {EXPECTED_FILES}; nothing is downloaded"
-    )
+    raise PayloadError(f"no Fashion-MNIST data at {data_path}: expected {EXPECTED_FILES}; nothing is downloaded")
 
 
 # --- Model ------------------------------------------------------------------------------------------------
@@ -519,9 +509,7 @@ class Trainer:
         self.sampler = DistributedSampler(
             data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
         )
-        self.train_loader = DataLoader(
-            data.train, batch_size=config.batch_size, sampler=self.sampler, pin_memory=pin
-        )
+        self.train_loader = DataLoader(data.train, batch_size=config.batch_size, sampler=self.sampler, pin_memory=pin)
         # Each rank scores a disjoint stride of the test set (no padding), and the counts are summed.
         shard = Subset(data.test, range(info.rank, len(data.test), info.world_size))
         self.test_loader = DataLoader(shard, batch_size=max(256, config.batch_size), pin_memory=pin)
@@ -598,9 +586,7 @@ class Trainer:
             self.optimizer.step()
             loss_sum += loss.detach() * labels.size(0)
             samples += labels.size(0)
-        totals = torch.stack(
-            [loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=self.device)]
-        )
+        totals = torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=self.device)])
         dist.all_reduce(totals)  # also waits for the slowest rank, so the time covers the whole step set
         seconds = time.perf_counter() - start
         loss_total, samples_total = totals.tolist()
@@ -682,9 +668,7 @@ def pick_backend(requested: str) -> str:
     if requested == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if requested == "nccl" and not torch.cuda.is_available():
-        raise PayloadError(
-            "--backend nccl needs CUDA, and torch sees no GPU here: use --backend gloo or auto"
-        )
+        raise PayloadError("--backend nccl needs CUDA, and torch sees no GPU here: use --backend gloo or auto")
     return requested
 
 
@@ -747,9 +731,7 @@ def init_process_group(backend: str, info: DistInfo) -> None:
             timeout=default_pg_timeout,
         )
         scoped = dist.PrefixStore(f"pyctl-restart-{info.restart_count}/", store)
-        log(
-            info, f"init_process_group: store scoped to restart {info.restart_count} (pytorch/pytorch#135712)"
-        )
+        log(info, f"init_process_group: store scoped to restart {info.restart_count} (pytorch/pytorch#135712)")
         dist.init_process_group(backend=backend, store=scoped, rank=info.rank, world_size=info.world_size)
         return
     dist.init_process_group(backend=backend)

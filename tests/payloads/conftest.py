@@ -58,9 +58,7 @@ class DdpResult:
 
 def ddp_parse_summaries(stdout: str) -> list[dict]:
     return [
-        json.loads(line.split(DDP_SUMMARY_PREFIX, 1)[1])
-        for line in stdout.splitlines()
-        if DDP_SUMMARY_PREFIX in line
+        json.loads(line.split(DDP_SUMMARY_PREFIX, 1)[1]) for line in stdout.splitlines() if DDP_SUMMARY_PREFIX in line
     ]
 
 
