@@ -236,8 +236,8 @@ class Supervisor:
     def _start(self, nodes: list[_Node], merged: logs.MergedLog, ssh: dict[str, Any]) -> None:
         def connect(node: _Node) -> None:
             node.conn = remote.connect(node.target)
-            root = f"{REMOTE_ROOT}/{self.job_id}/{node.launch.host}"
-            code, out = remote.run(node.conn, f'mkdir -p -m 700 "$HOME/{root}" && cd "$HOME/{root}" && pwd', 60)
+            root = remote.quote([f"{REMOTE_ROOT}/{self.job_id}/{node.launch.host}"])
+            code, out = remote.run(node.conn, f'mkdir -p -m 700 "$HOME"/{root} && cd "$HOME"/{root} && pwd', 60)
             if code != 0:
                 raise remote.RemoteCommandError(f"host {node.launch.host}: cannot make the job directory: {out}")
             node.job_dir = out.strip().splitlines()[-1]
@@ -394,7 +394,10 @@ def cancel_without_supervisor(store: JobStore, record: JobRecord) -> None:
     def one(name: str) -> None:
         conn = remote.connect(targets[name])
         try:
-            directory = job_dirs.get(name) or f"$HOME/{REMOTE_ROOT}/{record.id}/{name}"
+            directory = job_dirs.get(name)
+            if not directory:
+                _, home = remote.run(conn, 'printf %s "$HOME"', timeout=30)
+                directory = f"{home.strip()}/{REMOTE_ROOT}/{record.id}/{name}"
             kill_group(conn, directory, "TERM")
             time.sleep(float(record.ssh.get("grace_s", 15)) if record.ssh.get("grace_s") else 5)
             kill_group(conn, directory, "KILL")
