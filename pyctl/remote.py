@@ -206,6 +206,27 @@ def connect(target: Target) -> Any:
     return conn
 
 
+def keep_alive(conn: Any, seconds: int = 15) -> None:
+    """Send SSH keepalives, so a connection that died silently is noticed (the transport closes)."""
+    transport = conn.client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(seconds)
+
+
+def alive(conn: Any) -> bool:
+    """Whether the connection still works. A ProxyCommand whose process has exited counts as dead, and
+    its transport is closed here: paramiko would otherwise spin reading from it forever."""
+    transport = conn.client.get_transport() if conn is not None else None
+    if transport is None or not transport.is_active():
+        return False
+    process = getattr(transport.sock, "process", None)
+    if process is not None and process.poll() is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+        return False
+    return True
+
+
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:200]
 

@@ -41,6 +41,7 @@ from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
 
 HOSTWRAP = Path(__file__).with_name("hostwrap.py")
 CANCELLED_EXIT = 130
+LOST_EXIT = 255  # like ssh: the connection failed, the host's own exit code is unknown
 PGID_LINE = "[pyctl-host] started process group "
 
 
@@ -236,6 +237,7 @@ class Supervisor:
     def _start(self, nodes: list[_Node], merged: logs.MergedLog, ssh: dict[str, Any]) -> None:
         def connect(node: _Node) -> None:
             node.conn = remote.connect(node.target)
+            remote.keep_alive(node.conn)
             root = remote.quote([f"{REMOTE_ROOT}/{self.job_id}/{node.launch.host}"])
             code, out = remote.run(node.conn, f'mkdir -p -m 700 "$HOME"/{root} && cd "$HOME"/{root} && pwd', 60)
             if code != 0:
@@ -311,6 +313,12 @@ class Supervisor:
                     self.say(f"host {node.launch.host} exited with {node.exit_code}")
                     if node.exit_code != 0:
                         self.stop(f"host {node.launch.host} failed (exit code {node.exit_code})")
+                elif node.exit_code is None and node.channel is not None and not remote.alive(node.conn):
+                    # The connection died (host down, network, proxy gone). Its hostwrap sees EOF when
+                    # sshd notices; the other hosts are stopped now.
+                    node.exit_code, node.finished_at = LOST_EXIT, time.time()
+                    self.say(f"host {node.launch.host}: the SSH connection was lost")
+                    self.stop(f"host {node.launch.host} lost its SSH connection")
             if all(n.exit_code is not None for n in nodes):
                 return
             if self._stop.is_set():
@@ -329,6 +337,8 @@ class Supervisor:
                 if node.exit_code is None and node.channel is not None and node.channel.exit_status_ready():
                     node.exit_code = node.channel.recv_exit_status()
                     node.finished_at = time.time()
+                elif node.exit_code is None and node.channel is not None and not remote.alive(node.conn):
+                    node.exit_code, node.finished_at = LOST_EXIT, time.time()
             if all(n.exit_code is not None or n.channel is None for n in nodes):
                 return
             time.sleep(0.2)

@@ -310,3 +310,43 @@ def _new_job_log(state_dir: Path, before: set[Path]) -> str:
     """The log of the job started after `before` was taken (not an older job's)."""
     new = [p for p in (state_dir / "jobs").glob("*") if p not in before and (p / "output.log").exists()]
     return (new[0] / "output.log").read_text() if new else ""
+
+
+def test_lost_connection_fails_the_job_and_stops_every_host(train_lab):
+    """node2's SSH connection dies mid-job (its ProxyCommand is killed): the supervisor notices, stops
+    node1, records the loss (exit code 255, like ssh), and node2's wrapper stops its own group on EOF."""
+    job_id = _start_detached(train_lab)
+    job = record(train_lab.state_dir, job_id)
+    node2 = next(n for n in job["nodes"] if n["name"] == "node2")
+    proxies = [
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and _ppid(pid) == job["supervisor_pid"]
+        and f"TCP:{node2['address']}:22".encode() in _cmdline(pid)
+    ]
+    assert len(proxies) == 1, "the supervisor reaches node2 through one ProxyCommand"
+    os.kill(proxies[0], signal.SIGKILL)
+    done = wait_for(
+        lambda: record(train_lab.state_dir, job_id)["state"] != "running" and record(train_lab.state_dir, job_id),
+        120,
+        "the job to end",
+    )
+    assert done["state"] == "failed" and done["exit_code"] == 255, done
+    assert "node2" in done["message"]
+    _no_payload_left(train_lab, timeout=60)
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
