@@ -360,7 +360,8 @@ class Supervisor:
         elif failed:
             first = failed[0]
             state, code = "failed", int(first.exit_code or 1)
-            message = f"host {first.launch.host} failed with exit code {code}; the other hosts were stopped"
+            what = "lost its SSH connection" if code == LOST_EXIT else f"failed with exit code {code}"
+            message = f"host {first.launch.host} {what}; the other hosts were stopped"
         elif any(n.exit_code is None for n in nodes):
             state, code, message = "failed", 1, self.stop_reason or "not every host started"
         else:

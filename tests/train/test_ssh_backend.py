@@ -333,7 +333,7 @@ def test_lost_connection_fails_the_job_and_stops_every_host(train_lab):
         "the job to end",
     )
     assert done["state"] == "failed" and done["exit_code"] == 255, done
-    assert "node2" in done["message"]
+    assert done["message"].startswith("host node2 lost its SSH connection"), done["message"]
     _no_payload_left(train_lab, timeout=60)
 
 
