@@ -6,8 +6,11 @@ started inside its own mount, IPC and UTS namespaces with a private tmpfs on /de
 SSH-launched training needs: torchrun/gloo see one interface and one address per machine, and DistDGL
 servers of different "machines" no longer overwrite each other's partitions in /dev/shm.
 
-The sshd uses its own config, host key, pidfile and authorized_keys file under the lab directory; it
-never reads /root/.ssh, so the lab key grants nothing on this machine.
+The sshd uses its own config, host key and pidfile under the lab directory. It accepts the lab key
+(the lab's own authorized_keys file) and, like any sshd, each user's ~/.ssh/authorized_keys: netns
+hosts share this machine's users, so the training user that `pyctl bootstrap --phases ssh_trust`
+creates can log in to them as it would to real hosts. The lab key is never added to any user's
+~/.ssh, so it grants nothing outside the lab's own sshds.
 """
 
 from __future__ import annotations
