@@ -162,6 +162,12 @@ class Lab:
                 return host
         raise UsageError(f"lab {self.name} has no host {name!r}", hint=f"its hosts: {self.host_names()}")
 
+    def etc_hosts(self) -> str:
+        """/etc/hosts for every lab host: localhost, then each host's name at its lab address."""
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{h.address}\t{h.name}" for h in self.hosts]
+        return "\n".join(lines) + "\n"
+
     def host_names(self) -> str:
         return ", ".join(h.name for h in self.hosts)
 
