@@ -133,12 +133,15 @@ def reset(
 def node_add(
     inventory: InventoryOpt,
     host: Annotated[str, typer.Option("--host", help="The inventory host (in workers) to join.", show_default=False)],
+    phases: Annotated[
+        str | None, typer.Option("--phases", help="Comma-separated node phases to run (default: all, in order).")
+    ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
 ) -> None:
     """Prepare one host and join it; the control plane is touched only to mint its join token."""
     from pyctl.commands.node import add
 
-    raise typer.Exit(add(inventory, host, verbose))
+    raise typer.Exit(add(inventory, host, phases, verbose))
 
 
 LabNameOpt = Annotated[str, typer.Option("--name", help="Lab name (letters, digits, dashes).")]

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyctl import console, inventory
+import yaml
+
+from pyctl import console, inventory, phases, runner
 from pyctl.commands import playrun
 from pyctl.config import load_settings
 from pyctl.errors import ExitCode, UsageError
 
+ADD_NODE = "add_node.yml"
 
-def add(inventory_path: Path, host: str, verbosity: int = 0) -> int:
+
+def node_phases(playbooks_dir: Path) -> list[str]:
+    """The phases add_node.yml runs, in order: site.yml's node phases (a test keeps the two in step)."""
+    entries = yaml.safe_load((playbooks_dir / ADD_NODE).read_text(encoding="utf-8")) or []
+    return [Path(e.get("ansible.builtin.import_playbook", "")).stem for e in entries]
+
+
+def add(inventory_path: Path, host: str, phase_list: str | None = None, verbosity: int = 0) -> int:
     settings = load_settings()
     cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
     found = next((h for h in cluster.hosts if h.name == host), None)
@@ -28,16 +38,25 @@ def add(inventory_path: Path, host: str, verbosity: int = 0) -> int:
             f"cluster {cluster.name!r} has not been bootstrapped from this machine (no kubeconfig fetched)",
             hint=f"run 'pyctl bootstrap -i {inventory_path}' first",
         )
+    known = node_phases(settings.playbooks_dir)
+    selected = phases.select(known, phase_list)
+    run_dir = runner.new_run_dir(settings, "node-add")
+    playbook = (
+        settings.playbooks_dir / ADD_NODE
+        if selected == known
+        else phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
+    )
     out = console.out()
-    out.print(f"pyctl node add: {host} joins cluster {cluster.name}", markup=False)
+    out.print(f"pyctl node add: {host} joins cluster {cluster.name} (phases {', '.join(selected)})", markup=False)
     outcome = playrun.run(
         settings,
         "node-add",
-        settings.playbooks_dir / "add_node.yml",
+        playbook,
         cluster,
         limit=host,
         extravars=playrun.cluster_extravars(settings, cluster),
         verbosity=verbosity,
+        run_dir=run_dir,
     )
     out.print(
         f"{host} is in the cluster; check it with pyctl doctor -i {inventory_path} (run directory {outcome.run_dir})",

@@ -28,6 +28,7 @@ def run(
     limit: str | None = None,
     extravars: dict[str, Any] | None = None,
     verbosity: int = 0,
+    run_dir: Path | None = None,
 ) -> runner.RunOutcome:
     """Run `playbook`; raise the matching RunFailed/HostsUnreachable/Interrupted when it did not succeed."""
     request = runner.RunRequest(
@@ -47,7 +48,7 @@ def run(
         view.update(state, state.apply(event))
 
     with view:
-        outcome = runner.run_playbook(settings, request, on_event)
+        outcome = runner.run_playbook(settings, request, on_event, run_dir=run_dir)
     if state.hosts:
         out.print(recap_table(state))
     for line in failure_lines(state, outcome.log_path):

@@ -277,6 +277,17 @@ def test_node_add_runs_the_node_phases_limited_to_the_host(inv, kubeconfig, stat
     assert "gpu2 is in the cluster; check it with pyctl doctor" in capsys.readouterr().out
 
 
+def test_node_add_can_run_a_subset_of_the_node_phases(inv, kubeconfig, monkeypatch, capsys):
+    fake = FakeRunner("preflight_ok.jsonl")
+    monkeypatch.setattr(runner, "run_playbook", fake)
+    assert cli.main(["node", "add", "-i", str(inv), "--host", "gpu2", "--phases", "join_nodes"]) == 0
+    playbook = fake.requests[0].playbook
+    assert playbook.name == "phases.yml"
+    assert "join_nodes.yml" in playbook.read_text() and "kubernetes.yml" not in playbook.read_text()
+    assert cli.main(["node", "add", "-i", str(inv), "--host", "gpu2", "--phases", "verify"]) == ExitCode.USAGE
+    assert "unknown phase(s): verify" in capsys.readouterr().err
+
+
 # --- bootstrap --list-artifacts -------------------------------------------------------------------
 
 
