@@ -101,3 +101,10 @@ def test_play_names_carry_their_phase():
         for play in yaml.safe_load((ROOT / "playbooks" / f"{name}.yml").read_text()):
             title = name.replace("_", " ").capitalize()
             assert play["name"].startswith(f"{title} | "), play["name"]
+
+
+def test_the_sample_knobs_are_real_role_variables():
+    sample = (ROOT / "inventory" / "sample" / "group_vars" / "all" / "kubernetes.yml").read_text()
+    known = {name for role in ROLES.iterdir() if role.is_dir() for name in defaults(role.name)}
+    named = re.findall(r"^# ([a-z_]+):", sample, re.M)
+    assert named and set(named) <= known, sorted(set(named) - known)
