@@ -14,6 +14,7 @@ not: modprobe, swap, an NFS server (they need their own kernel: use vm).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,7 @@ def cleanup(lab_name: str) -> None:
     prefix = f"pyctl-{lab_name}-"
     if PROPAGATE_DIR.is_dir():
         for path in PROPAGATE_DIR.iterdir():
-            if path.name.startswith(prefix) and path.name[len(prefix) :].startswith("node"):
+            if path.name.startswith(prefix) and re.fullmatch(r"node\d+", path.name[len(prefix) :]):
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -343,7 +343,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
         if directory.exists()
         else []
     )
-    pids = [p for p in pids if str(directory) in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
+    pids = [p for p in pids if f"{directory}/" in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
     inodes = [i for i in (network.inode(ns) for ns in namespaces) if i]
     # First everything inside the lab's namespaces (hosts, their sessions, QEMU, dnsmasq, proxies): the
     # disks are throw-away, so SIGKILL. Then the supervisors outside (systemd-nspawn, the root-side socat),
