@@ -14,6 +14,7 @@ not: modprobe, swap, an NFS server (they need their own kernel: use vm).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -46,16 +47,12 @@ def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> No
 
 
 def start_lab(lab: Lab, settings: Settings) -> None:
-    for host in lab.hosts:
-        assert host.namespace is not None
-        network.create_host_namespace(
-            lab.namespace,
-            host.namespace,
-            port=f"v-{host.name}",
-            address=host.address,
-            prefixlen=lab.network.prefixlen,
-            lab_dir=lab.dir,
-        )
+    network.create_host_namespaces(
+        lab.namespace,
+        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in lab.hosts if h.namespace],
+        lab.network.prefixlen,
+        lab.dir,
+    )
     lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
 
 
@@ -116,7 +113,7 @@ def cleanup(lab_name: str) -> None:
     prefix = f"pyctl-{lab_name}-"
     if PROPAGATE_DIR.is_dir():
         for path in PROPAGATE_DIR.iterdir():
-            if path.name.startswith(prefix) and path.name[len(prefix) :].startswith("node"):
+            if path.name.startswith(prefix) and re.fullmatch(r"node\d+", path.name[len(prefix) :]):
                 shutil.rmtree(path, ignore_errors=True)
 
 

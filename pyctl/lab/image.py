@@ -55,7 +55,7 @@ PACKAGES = (
 DISK_SIZE = "8G"
 SEED_DIR = "/run/pyctl-lab-seed"  # containers: bind-mounted here; VMs: unpacked here from fw_cfg
 FW_CFG_NAME = "opt/pyctl/seed"
-RECIPE_VERSION = 5  # bump when the build steps change in a way the files below do not show
+RECIPE_VERSION = 6  # bump when the build steps change in a way the files below do not show
 
 # --- files the image carries (part of the recipe: changing one rebuilds the image) -------------------
 
@@ -432,6 +432,9 @@ def _customise(rootfs: Path, files: dict[str, str], hint: str) -> None:
     # e2scrub_reap, which costs 15 s of a TCG boot to find no snapshots.
     masked = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service"]
     masked += ["systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "modprobe@drm.service"]
+    # No per-user systemd manager: starting one held up the first SSH login by ~7 s under TCG, and no
+    # role uses `systemctl --user`. No getty on tty1: VMs have no screen (the serial console keeps one).
+    masked += ["user@.service", "getty@tty1.service"]
     run([*chroot, "systemctl", "mask", *masked], hint=hint)
     run([*chroot, "update-initramfs", "-u", "-k", "all"], what="update-initramfs in the lab image", hint=hint)
 

@@ -179,14 +179,21 @@ class Lab:
     # --- using the lab ------------------------------------------------------------------------
 
     def ssh_argv(
-        self, host: LabHost | str, command: str | Sequence[str] = (), *, connect_timeout: int = 10
+        self,
+        host: LabHost | str,
+        command: str | Sequence[str] = (),
+        *,
+        connect_timeout: int = 10,
+        subsystem: str | None = None,
     ) -> list[str]:
         """`ssh` through the lab's ssh_config; a list command is quoted for the remote shell."""
         name = host if isinstance(host, str) else host.name
-        remote = command if isinstance(command, str) else shlex.join(command)
         argv = ["ssh", "-F", str(self.ssh_config_path), "-o", "BatchMode=yes"]
-        argv += ["-o", f"ConnectTimeout={connect_timeout}", name]
-        return [*argv, "--", remote] if remote else argv
+        argv += ["-o", f"ConnectTimeout={connect_timeout}"]
+        if subsystem:
+            return [*argv, "-s", name, subsystem]
+        remote = command if isinstance(command, str) else shlex.join(command)
+        return [*argv, name, "--", remote] if remote else [*argv, name]
 
     def ssh(
         self, host: LabHost | str, command: str | Sequence[str], *, timeout: float = 120, check: bool = True

@@ -80,16 +80,12 @@ def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> No
 
 def start_lab(lab: Lab, settings: Settings) -> None:
     """Make each host's namespace and join it to the lab bridge."""
-    for host in lab.hosts:
-        assert host.namespace is not None
-        network.create_host_namespace(
-            lab.namespace,
-            host.namespace,
-            port=f"v-{host.name}",
-            address=host.address,
-            prefixlen=lab.network.prefixlen,
-            lab_dir=lab.dir,
-        )
+    network.create_host_namespaces(
+        lab.namespace,
+        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in lab.hosts if h.namespace],
+        lab.network.prefixlen,
+        lab.dir,
+    )
 
 
 def start(lab: Lab, host: LabHost) -> None:
