@@ -1,7 +1,7 @@
 """The Kubernetes phases for real on a container lab, with kubeadm, kubectl, the kubelet and nvidia-smi
 replaced by the test doubles of tests/doubles (installed on the lab hosts by this module only).
 
-One 3-host lab (node1: control plane and NFS server, node2: worker, node3: GPU worker with 2 GPUs) is
+One 3-host lab (node1: control plane and NFS server, node2 and node3: GPU workers with 1 and 2 GPUs) is
 shared by every test here, in order: a first converge, a second that changes nothing and mints no token,
 a join interrupted half-way that the next run repairs, the acceptance gate failing by name, the doctor's
 host probe, node add, no token anywhere pyctl writes, and reset. Package installation from pkgs.k8s.io is
@@ -62,8 +62,8 @@ def k8s(tmp_path_factory) -> Ctx:
 
     name = unique_lab_name("k")
     try:
-        lab = up(LabSpec(name=name, nodes=3, kind="container", gpu_nodes=1)).lab
-        install.install(lab, gpus={"node3": 2})
+        lab = up(LabSpec(name=name, nodes=3, kind="container", gpu_nodes=2)).lab
+        install.install(lab, gpus={"node2": 1, "node3": 2})
         data = yaml.safe_load(Path(lab.inventory_path).read_text())
         data["all"]["vars"].update(
             {
@@ -115,6 +115,7 @@ def test_first_converge_initialises_joins_installs_addons_and_passes_the_gate(k8
     state = install.cluster_state(k8s.lab, "node1")
     assert sorted(state["nodes"]) == ["node1", "node2", "node3"]
     assert state["nodes"]["node3"]["labels"]["nvidia.com/gpu.present"] == "true"
+    assert state["nodes"]["node2"]["gpus"] == 1 and "nvidia.com/gpu.present" not in state["nodes"]["node1"]["labels"]
     assert state["cluster"]["podSubnet"] == "10.244.0.0/16"
     applied = {
         "DaemonSet/kube-flannel/kube-flannel-ds",
@@ -161,21 +162,16 @@ def test_an_interrupted_join_is_repaired_by_the_next_run(k8s):
     assert "node2" in install.cluster_state(k8s.lab, "node1")["nodes"]
 
 
-def test_the_gate_fails_naming_a_gpu_count_that_differs_from_nvidia_smi(k8s):
-    install.configure(k8s.lab, "node3", gpus=3)  # nvidia-smi now lists 3; the node advertises the 2 it joined with
+def test_the_gate_fails_naming_each_gpu_problem_and_the_addons_phase_repairs_it(k8s):
+    install.configure(k8s.lab, "node2", gpus=2)  # nvidia-smi now lists 2; the node advertises the 1 it joined with
+    k8s.kubectl("label node node3 nvidia.com/gpu.present-")  # "green run, zero GPUs": the plugin never lands there
     try:
-        result = k8s.bootstrap(phases="verify")
+        caught = k8s.bootstrap(phases="verify")
     finally:
-        install.configure(k8s.lab, "node3", gpus=2)
-    assert result.returncode == 1
-    assert "node1: failed: [verify] Fail when the cluster does not match the inventory" in result.stderr
-    assert "node node3 has 2 allocatable nvidia.com/gpu, but nvidia-smi lists 3 GPU(s)" in result.stderr
-
-
-def test_green_run_zero_gpus_is_caught_and_the_addons_phase_repairs_it(k8s):
-    k8s.kubectl("label node node3 nvidia.com/gpu.present-")
-    caught = k8s.bootstrap(phases="verify")
+        install.configure(k8s.lab, "node2", gpus=1)
     assert caught.returncode == 1
+    assert "node1: failed: [verify] Fail when the cluster does not match the inventory: 2 problem(s)" in caught.stderr
+    assert "node node2 has 1 allocatable nvidia.com/gpu, but nvidia-smi lists 2 GPU(s)" in caught.stderr
     assert "node node3 has no allocatable nvidia.com/gpu, but nvidia-smi lists 2 GPU(s)" in caught.stderr
     assert "lacks the label nvidia.com/gpu.present=true" in caught.stderr
     repaired = k8s.bootstrap(phases="addons,verify")
@@ -192,7 +188,7 @@ def test_the_doctor_probe_reads_node_names_and_gpus_over_ssh(k8s, monkeypatch):
     report = hosts.probe(load_settings(), cluster)
     assert report.node_names == {"node1": "node1", "node2": "node2", "node3": "node3"}
     expect, problems = hosts.expectations(cluster, report)
-    assert problems == [] and dict(expect.gpus) == {"node3": 2}
+    assert problems == [] and dict(expect.gpus) == {"node2": 1, "node3": 2}
     assert expect.claim == ("default", "pyctl-shared")
 
 
