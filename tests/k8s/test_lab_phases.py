@@ -142,6 +142,12 @@ def test_second_converge_changes_nothing_and_mints_no_token(k8s):
     assert [c["argv"][0] for c in install.calls(k8s.lab, "node2", "kubeadm")].count("join") == 1
 
 
+def test_check_mode_on_the_converged_cluster_reports_no_change(k8s):
+    result = k8s.pyctl("bootstrap", "-i", str(k8s.inventory), "--phases", MY_PHASES, "--check")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert all(row[1] == 0 for row in recap(result.stdout).values()), result.stdout
+
+
 def test_an_interrupted_join_is_repaired_by_the_next_run(k8s):
     k8s.kubectl("delete node node2")
     k8s.ssh("node2", "kubeadm reset --force && touch /etc/pyctl-test-doubles/fail-join-once")
