@@ -27,6 +27,8 @@ lab_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(lab_app, name="lab")
+node_app = typer.Typer(help="Add nodes to a running cluster.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(node_app, name="node")
 
 InventoryOpt = Annotated[
     Path, typer.Option("--inventory", "-i", help="Ansible inventory (INI or YAML).", show_default=False)
@@ -61,19 +63,85 @@ def inventory_check(
 
 
 @app.command()
-def bootstrap(
-    inventory: InventoryOpt,
+def bootstrap(  # noqa: PLR0917 - typer passes options by keyword
+    inventory: Annotated[
+        Path | None, typer.Option("--inventory", "-i", help="Ansible inventory (INI or YAML).", show_default=False)
+    ] = None,
     phases: Annotated[
         str | None, typer.Option("--phases", help="Comma-separated phases to run (default: all, in order).")
     ] = None,
     limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these hosts or groups.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
+    list_artifacts: Annotated[
+        bool,
+        typer.Option(
+            "--list-artifacts",
+            help="Print every package, image and manifest the bootstrap pulls (for offline mirrors); run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Take the hosts of an inventory to a cluster, phase by phase, with live progress."""
+    if list_artifacts:
+        from pyctl.commands.artifacts import run as list_run
+
+        raise typer.Exit(list_run(inventory))
+    if inventory is None:
+        from pyctl.errors import UsageError
+
+        raise UsageError("bootstrap needs an inventory: --inventory FILE (-i FILE)")
     from pyctl.commands.bootstrap import run
 
     raise typer.Exit(run(inventory, phases, limit, check, verbose))
+
+
+@app.command()
+def doctor(
+    inventory: InventoryOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Judge the running cluster against the inventory (nodes, GPUs, add-ons, storage); exit 1 on a problem."""
+    from pyctl.commands.doctor import run
+
+    raise typer.Exit(run(inventory, as_json))
+
+
+@app.command()
+def status(
+    inventory: InventoryOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Summarise the running cluster: nodes, GPUs, add-on pods, shared storage (API only, no SSH)."""
+    from pyctl.commands.status import run
+
+    raise typer.Exit(run(inventory, as_json))
+
+
+@app.command()
+def reset(
+    inventory: InventoryOpt,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
+) -> None:
+    """Take every node host out of the cluster: kubeadm reset and what pyctl added (asks first)."""
+    from pyctl.commands.reset import run
+
+    raise typer.Exit(run(inventory, yes, verbose))
+
+
+@node_app.command("add")
+def node_add(
+    inventory: InventoryOpt,
+    host: Annotated[str, typer.Option("--host", help="The inventory host (in workers) to join.", show_default=False)],
+    phases: Annotated[
+        str | None, typer.Option("--phases", help="Comma-separated node phases to run (default: all, in order).")
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More Ansible output in the log.")] = 0,
+) -> None:
+    """Prepare one host and join it; the control plane is touched only to mint its join token."""
+    from pyctl.commands.node import add
+
+    raise typer.Exit(add(inventory, host, phases, verbose))
 
 
 LabNameOpt = Annotated[str, typer.Option("--name", help="Lab name (letters, digits, dashes).")]

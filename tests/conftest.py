@@ -1,16 +1,4 @@
-"""Shared fixtures. `lab` and `session_lab` give tests real multi-host labs (see pyctl.lab).
-
-    def test_something(lab):
-        my_lab = lab(nodes=2, kind="netns")          # a pyctl.lab.Lab, taken down after the test
-        my_lab.ssh("node2", "hostname").stdout
-
-    def test_role(session_lab):
-        vms = session_lab(nodes=2, kind="vm")        # one lab per shape, shared by the whole session
-
-Both need root (mark such tests `@pytest.mark.lab`, and VM ones also `slow`). Lab names are unique per
-test run, so parallel runs and other engineers' labs on the same machine do not collide; the image cache
-(settings.state_dir/cache) is shared, so the root filesystem is built once.
-"""
+"""Fixtures shared by every test directory."""
 
 from __future__ import annotations
 
@@ -19,6 +7,31 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    """A private pyctl state dir (runs, labs) for one test."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("PYCTL_STATE_DIR", str(path))
+    monkeypatch.delenv("PYCTL_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return path
+
+
+# --- labs --------------------------------------------------------------------------------------------
+# Shared fixtures. `lab` and `session_lab` give tests real multi-host labs (see pyctl.lab).
+#
+#     def test_something(lab):
+#         my_lab = lab(nodes=2, kind="netns")          # a pyctl.lab.Lab, taken down after the test
+#         my_lab.ssh("node2", "hostname").stdout
+#
+#     def test_role(session_lab):
+#         vms = session_lab(nodes=2, kind="vm")        # one lab per shape, shared by the whole session
+#
+# Both need root (mark such tests `@pytest.mark.lab`, and VM ones also `slow`). Lab names are unique per
+# test run, so parallel runs and other engineers' labs on the same machine do not collide; the image cache
+# (settings.state_dir/cache) is shared, so the root filesystem is built once.
 
 _counter = itertools.count(1)
 
@@ -48,10 +61,31 @@ class _Labs:
         return up(LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes, **extra)).lab
 
     def close(self) -> None:
+        """Take every lab down, then check that nothing of it is left (so every test is a leak test)."""
         from pyctl.lab import down
 
+        leaks = []
         for name in reversed(self.names):
             down(name)
+            leaks += lab_leftovers(name)
+        assert not leaks, f"lab teardown left: {leaks}"
+
+
+def lab_leftovers(name: str) -> list[str]:
+    """What of lab `name` still exists: namespaces, processes naming its directory, mounts under it."""
+    from pathlib import Path
+
+    from pyctl.config import load_settings
+    from pyctl.lab import network, processes
+
+    directory = load_settings().labs_dir / name
+    found = [f"namespace {ns}" for ns in network.lab_namespaces(name)]
+    found += [f"process {pid}" for pid in processes.pids_mentioning(str(directory))]
+    mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
+    found += [f"mount under {directory}" for line in mounts.splitlines() if f" {directory}/" in line]
+    if directory.exists():
+        found.append(f"directory {directory}")
+    return found
 
 
 @pytest.fixture
@@ -92,13 +126,3 @@ def session_lab() -> Iterator[Callable[..., object]]:
         yield get
     finally:
         labs.close()
-
-
-@pytest.fixture
-def state_dir(tmp_path, monkeypatch):
-    """A private pyctl state dir (runs, labs) for one test."""
-    path = tmp_path / "state"
-    monkeypatch.setenv("PYCTL_STATE_DIR", str(path))
-    monkeypatch.delenv("PYCTL_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    return path

@@ -7,6 +7,7 @@ the lab namespace, the lab key and the pinned host keys.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pyctl.lab.model import HOST_IFACE, POD_CIDR, SERVICE_CIDR, Lab
 def content(lab: Lab) -> dict[str, Any]:
     all_vars: dict[str, Any] = {
         "ansible_user": "root",
-        "ansible_ssh_common_args": f"-F {lab.ssh_config_path}",
+        "ansible_ssh_common_args": f"-F {shlex.quote(str(lab.ssh_config_path))}",
         "ansible_python_interpreter": "/usr/bin/python3",
         "lab_name": lab.name,
         "lab_kind": lab.kind,

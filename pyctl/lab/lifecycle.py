@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from pyctl.config import Settings, load_settings
+from pyctl.errors import Interrupted
 from pyctl.lab import inventory as lab_inventory
 from pyctl.lab import network, processes, ssh
 from pyctl.lab.errors import LabNameClash, LabNotFound, NotRoot
@@ -109,7 +110,13 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
             notes.append("recreated: the lab was not healthy")
         else:
             _check_foreign(settings, spec.name)
-        lab = _create(settings, spec, module, progress)
+        try:
+            lab = _create(settings, spec, module, progress)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(
+                f"interrupted while making lab {spec.name}: it is half made",
+                hint=f"remove it with 'pyctl lab down --name {spec.name}', or run the same up again",
+            ) from exc
     return UpResult(lab, True, time.monotonic() - start, notes)
 
 
@@ -244,7 +251,9 @@ def host_statuses(lab: Lab, module: ModuleType) -> list[HostStatus]:
     def one(host: Any) -> HostStatus:
         pid = module.pid(lab, host)
         ok = pid is not None and ssh.reachable(lab, host)
-        return HostStatus(host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok)
+        return HostStatus(
+            host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok
+        )
 
     with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
         return list(pool.map(one, lab.hosts))
@@ -272,10 +281,13 @@ def get(name: str, settings: Settings | None = None) -> Lab:
     return lab
 
 
-def names(settings: Settings | None = None) -> list[str]:
-    """Labs with a state file, and orphaned namespaces carrying a marker of this state directory."""
+def names(settings: Settings | None = None, *, partial: bool = False) -> list[str]:
+    """Labs with a state file; with `partial`, also half-made lab directories and orphaned namespaces
+    carrying a marker of this state directory (what `down --all` must clean)."""
     settings = settings or load_settings()
-    found = {d.name for d in lab_dirs(settings.labs_dir) if (d / "state.json").exists()}
+    found = {d.name for d in lab_dirs(settings.labs_dir) if partial or (d / "state.json").exists()}
+    if not partial:
+        return sorted(found)
     prefix = namespace_name("")
     for ns in network.all_pyctl_namespaces():
         lab = ns[len(prefix) :].split(".", 1)[0]
@@ -301,7 +313,9 @@ def down(name: str, settings: Settings | None = None) -> DownResult:
     settings = settings or load_settings()
     check_name(name)
     if not is_root():
-        raise NotRoot("pyctl lab down needs root (network namespaces, processes, mounts)", hint="run it with sudo")
+        raise NotRoot(
+            "pyctl lab down needs root (network namespaces, processes, mounts)", hint="run it with sudo"
+        )
     with _lock(settings, name):
         lab = Lab.load(lab_dir(settings, name))
         result = _teardown(settings, name, lab)
@@ -310,7 +324,7 @@ def down(name: str, settings: Settings | None = None) -> DownResult:
 
 def down_all(settings: Settings | None = None) -> list[DownResult]:
     settings = settings or load_settings()
-    return [down(name, settings) for name in names(settings)]
+    return [down(name, settings) for name in names(settings, partial=True)]
 
 
 def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
@@ -324,15 +338,23 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
     result.existed = result.existed or bool(namespaces)
 
     # Processes: pidfiles, then everything inside the namespaces or naming the lab directory.
-    pids = [p for p in (processes.read_pid(f) for f in directory.rglob("*.pid")) if p] if directory.exists() else []
-    pids = [p for p in pids if str(directory) in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
+    pids = (
+        [p for p in (processes.read_pid(f) for f in directory.rglob("*.pid")) if p]
+        if directory.exists()
+        else []
+    )
+    pids = [p for p in pids if f"{directory}/" in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
     inodes = [i for i in (network.inode(ns) for ns in namespaces) if i]
-    for _ in range(3):  # a dying parent may fork once more (sshd sessions): look again until nothing is left
-        found = [*pids, *processes.pids_in_namespaces(inodes), *processes.pids_mentioning(str(directory))]
-        killed = processes.kill_now(found)
-        result.processes += len(killed)
+    # First everything inside the lab's namespaces (hosts, their sessions, QEMU, dnsmasq, proxies): the
+    # disks are throw-away, so SIGKILL. Then the supervisors outside (systemd-nspawn, the root-side socat),
+    # which exit on their own once their container is gone. Look again until nothing is left: a dying
+    # parent may have forked once more.
+    for _ in range(5):
+        inside = processes.kill_now([*pids, *processes.pids_in_namespaces(inodes)])
+        outside = processes.terminate(processes.pids_mentioning(str(directory)), grace=5)
+        result.processes += len(inside) + len(outside)
         pids = []
-        if not killed:
+        if not inside and not outside:
             break
 
     # Mounts under the lab directory (none are expected: container roots are mounted in private namespaces).
@@ -342,7 +364,10 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
     for ns in namespaces:
         if network.delete(ns):
             result.namespaces += 1
-    if lab is not None and lab.kind in ("vm", "container"):
+    from pyctl.lab import container
+
+    container.cleanup(name)
+    if lab is None or lab.kind in ("vm", "container"):
         from pyctl.lab import aptcache
 
         aptcache.release(settings, name)

@@ -162,6 +162,12 @@ class Lab:
                 return host
         raise UsageError(f"lab {self.name} has no host {name!r}", hint=f"its hosts: {self.host_names()}")
 
+    def etc_hosts(self) -> str:
+        """/etc/hosts for every lab host: localhost, then each host's name at its lab address."""
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{h.address}\t{h.name}" for h in self.hosts]
+        return "\n".join(lines) + "\n"
+
     def host_names(self) -> str:
         return ", ".join(h.name for h in self.hosts)
 
@@ -173,14 +179,21 @@ class Lab:
     # --- using the lab ------------------------------------------------------------------------
 
     def ssh_argv(
-        self, host: LabHost | str, command: str | Sequence[str] = (), *, connect_timeout: int = 10
+        self,
+        host: LabHost | str,
+        command: str | Sequence[str] = (),
+        *,
+        connect_timeout: int = 10,
+        subsystem: str | None = None,
     ) -> list[str]:
         """`ssh` through the lab's ssh_config; a list command is quoted for the remote shell."""
         name = host if isinstance(host, str) else host.name
-        remote = command if isinstance(command, str) else shlex.join(command)
         argv = ["ssh", "-F", str(self.ssh_config_path), "-o", "BatchMode=yes"]
-        argv += ["-o", f"ConnectTimeout={connect_timeout}", name]
-        return [*argv, "--", remote] if remote else argv
+        argv += ["-o", f"ConnectTimeout={connect_timeout}"]
+        if subsystem:
+            return [*argv, "-s", name, subsystem]
+        remote = command if isinstance(command, str) else shlex.join(command)
+        return [*argv, name, "--", remote] if remote else [*argv, name]
 
     def ssh(
         self, host: LabHost | str, command: str | Sequence[str], *, timeout: float = 120, check: bool = True

@@ -77,28 +77,18 @@ def sshd_config(lab: Lab, host: LabHost) -> str:
     )
 
 
-def hosts_file(lab: Lab) -> str:
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    lines += [f"{h.address}\t{h.name}" for h in lab.hosts]
-    return "\n".join(lines) + "\n"
-
-
 def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> None:
     """Nothing to build: netns hosts run this machine's own sshd."""
 
 
 def start_lab(lab: Lab, settings: Settings) -> None:
     """Make each host's namespace and join it to the lab bridge."""
-    for host in lab.hosts:
-        assert host.namespace is not None
-        network.create_host_namespace(
-            lab.namespace,
-            host.namespace,
-            port=f"v-{host.name}",
-            address=host.address,
-            prefixlen=lab.network.prefixlen,
-            lab_dir=lab.dir,
-        )
+    network.create_host_namespaces(
+        lab.namespace,
+        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in lab.hosts if h.namespace],
+        lab.network.prefixlen,
+        lab.dir,
+    )
 
 
 def start(lab: Lab, host: LabHost) -> None:
@@ -108,7 +98,7 @@ def start(lab: Lab, host: LabHost) -> None:
     config = directory / "sshd_config"
     config.write_text(sshd_config(lab, host), encoding="utf-8")
     hosts = directory / "hosts"
-    hosts.write_text(hosts_file(lab), encoding="utf-8")
+    hosts.write_text(lab.etc_hosts(), encoding="utf-8")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     (directory / "sshd.pid").unlink(missing_ok=True)
     run(

@@ -9,6 +9,7 @@ own leftovers from a namespace someone else made under the same name.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyctl.lab.model import BRIDGE, HOST_IFACE, NAMESPACE_PREFIX
@@ -67,46 +68,67 @@ def owned_by(name: str, lab_dir: Path) -> bool:
     return marker(name) == marker_for(lab_dir)
 
 
+def _batch(namespace: str, commands: list[list[str]], what: str) -> None:
+    """Run several `ip` commands inside one namespace with a single `ip -batch` (one exec, not many)."""
+    lines = "".join(
+        " ".join(f'"{arg}"' if " " in arg else arg for arg in command) + "\n" for command in commands
+    )
+    run(["ip", "-n", namespace, "-batch", "-"], input=lines, what=what)
+
+
 def create_lab_namespace(name: str, gateway: str, prefixlen: int, lab_dir: Path) -> None:
     """The lab namespace: loopback up, and the bridge with the gateway address and the owner marker."""
     run(["ip", "netns", "add", name], what=f"creating network namespace {name}")
-    run(["ip", "-n", name, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
-    run(["ip", "-n", name, "link", "set", BRIDGE, "alias", marker_for(lab_dir)])
-    run(["ip", "-n", name, "addr", "add", f"{gateway}/{prefixlen}", "dev", BRIDGE])
-    run(["ip", "-n", name, "link", "set", "lo", "up"])
-    run(["ip", "-n", name, "link", "set", BRIDGE, "up"])
-
-
-def create_host_namespace(lab_ns: str, host_ns: str, *, port: str, address: str, prefixlen: int, lab_dir: Path) -> None:
-    """A host's own namespace joined to the lab bridge: `port` on the bridge, `eth0` with `address` inside."""
-    run(["ip", "netns", "add", host_ns], what=f"creating network namespace {host_ns}")
-    run(
+    _batch(
+        name,
         [
-            "ip",
-            "-n",
-            lab_ns,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IFACE,
-            "netns",
-            host_ns,
-        ]
+            ["link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"],
+            ["link", "set", BRIDGE, "alias", marker_for(lab_dir)],
+            ["addr", "add", f"{gateway}/{prefixlen}", "dev", BRIDGE],
+            ["link", "set", "lo", "up"],
+            ["link", "set", BRIDGE, "up"],
+        ],
+        what=f"setting up the bridge in {name}",
     )
-    run(["ip", "-n", host_ns, "link", "set", HOST_IFACE, "alias", f"{marker_for(lab_dir)}"])
-    run(["ip", "-n", lab_ns, "link", "set", port, "master", BRIDGE, "up"])
-    run(["ip", "-n", host_ns, "addr", "add", f"{address}/{prefixlen}", "dev", HOST_IFACE])
-    run(["ip", "-n", host_ns, "link", "set", "lo", "up"])
-    run(["ip", "-n", host_ns, "link", "set", HOST_IFACE, "up"])
 
 
-def create_tap(lab_ns: str, tap: str) -> None:
-    run(["ip", "-n", lab_ns, "tuntap", "add", "dev", tap, "mode", "tap"], what=f"creating tap {tap}")
-    run(["ip", "-n", lab_ns, "link", "set", tap, "master", BRIDGE, "up"])
+@dataclass(frozen=True)
+class HostLink:
+    namespace: str  # the host's own namespace
+    port: str  # the veth end on the lab bridge
+    address: str  # the host's address on its eth0
+
+
+def create_host_namespaces(lab_ns: str, links: list[HostLink], prefixlen: int, lab_dir: Path) -> None:
+    """Each host's own namespace joined to the lab bridge: `port` on the bridge, `eth0` with its address."""
+    for link in links:
+        run(["ip", "netns", "add", link.namespace], what=f"creating network namespace {link.namespace}")
+    commands = []
+    for link in links:
+        commands.append(
+            ["link", "add", link.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", link.namespace]
+        )
+        commands.append(["link", "set", link.port, "master", BRIDGE, "up"])
+    _batch(lab_ns, commands, what=f"joining hosts to the bridge in {lab_ns}")
+    for link in links:
+        _batch(
+            link.namespace,
+            [
+                ["link", "set", HOST_IFACE, "alias", marker_for(lab_dir)],
+                ["addr", "add", f"{link.address}/{prefixlen}", "dev", HOST_IFACE],
+                ["link", "set", "lo", "up"],
+                ["link", "set", HOST_IFACE, "up"],
+            ],
+            what=f"setting up {HOST_IFACE} in {link.namespace}",
+        )
+
+
+def create_taps(lab_ns: str, taps: list[str]) -> None:
+    commands = []
+    for tap in taps:
+        commands.append(["tuntap", "add", "dev", tap, "mode", "tap"])
+        commands.append(["link", "set", tap, "master", BRIDGE, "up"])
+    _batch(lab_ns, commands, what=f"creating taps in {lab_ns}")
 
 
 def delete(name: str) -> bool:

@@ -167,10 +167,13 @@ def pids_in_namespaces(inodes: Iterable[int], kind: str = "net") -> list[int]:
     return [p for p in found if p not in _protected()]
 
 
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains `text` (a lab directory): leftovers of a crashed run."""
+def pids_mentioning(directory: str | Path) -> list[int]:
+    """Processes whose command line names a path inside `directory` (a lab's): leftovers of a crashed run.
+
+    The trailing slash keeps lab `t1` from matching lab `t12`'s processes.
+    """
     found = []
-    needle = text.encode()
+    needle = f"{str(directory).rstrip('/')}/".encode()
     for pid in _all_pids():
         try:
             if needle in Path(f"/proc/{pid}/cmdline").read_bytes():

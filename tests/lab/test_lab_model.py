@@ -132,3 +132,18 @@ def test_down_without_root_is_refused(monkeypatch, capsys):
     assert "needs root" in capsys.readouterr().err
     with pytest.raises(NotRoot):
         lifecycle.down("nobody")
+
+
+def test_leftover_scan_does_not_confuse_labs_sharing_a_prefix(tmp_path):
+    import subprocess
+
+    from pyctl.lab import processes
+
+    other = tmp_path / "labs" / "t12"
+    proc = subprocess.Popen(["sh", "-c", "sleep 60", f"{other}/hosts/node1/sshd_config"])
+    try:
+        assert proc.pid in processes.pids_mentioning(other)
+        assert proc.pid not in processes.pids_mentioning(tmp_path / "labs" / "t1")
+    finally:
+        proc.kill()
+        proc.wait()

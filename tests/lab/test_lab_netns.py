@@ -158,13 +158,8 @@ def test_down_cleans_up_a_half_made_lab_without_state(lab, lab_name):
     directory.mkdir(parents=True)
     # What a run killed right after making the namespaces leaves: marked namespaces, a process, no state.
     network.create_lab_namespace(f"pyctl-{name}", "10.213.250.1", 24, directory)
-    network.create_host_namespace(
-        f"pyctl-{name}",
-        f"pyctl-{name}.node1",
-        port="v-node1",
-        address="10.213.250.11",
-        prefixlen=24,
-        lab_dir=directory,
+    network.create_host_namespaces(
+        f"pyctl-{name}", [network.HostLink(f"pyctl-{name}.node1", "v-node1", "10.213.250.11")], 24, directory
     )
     stray = subprocess.Popen(["ip", "netns", "exec", f"pyctl-{name}", "sleep", "600"])
     try:

@@ -1,0 +1,26 @@
+"""`pyctl bootstrap --list-artifacts`: every package, image and manifest a bootstrap pulls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyctl import console, inventory
+from pyctl.config import load_settings
+from pyctl.errors import ExitCode
+from pyctl.k8s import artifacts
+
+
+def run(inventory_path: Path | None) -> int:
+    settings = load_settings()
+    variables: dict = {}
+    source = "role defaults"
+    if inventory_path is not None:
+        cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
+        variables = dict(cluster.control_plane.vars)
+        source = str(cluster.path)
+    found = artifacts.collect(settings.project_dir / "roles", variables)
+    out = console.out()
+    out.print(f"# everything pyctl bootstrap pulls ({len(found)} artifacts; settings from {source})", markup=False)
+    for line in artifacts.lines(found):
+        out.print(line, markup=False, soft_wrap=True)
+    return ExitCode.OK

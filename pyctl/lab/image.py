@@ -1,0 +1,486 @@
+"""The Debian root filesystem that vm and container hosts boot, built once and cached.
+
+One recipe (suite, mirror, packages, guest files) gives one image, stored under
+`settings.state_dir/cache/images/<recipe hash>/`:
+
+    rootfs/       the tree debootstrap made, customised; the read-only lower layer of every container
+    base.raw      an ext4 image of rootfs (sparse, 8 GiB); the read-only backing file of every VM overlay
+    vmlinuz, initrd.img   the guest kernel, booted directly by QEMU
+    recipe.json   what was built
+
+The image is rebuilt only when the recipe changes; the .debs stay in `cache/debs` (debootstrap
+--cache-dir), so a rebuild downloads nothing new. The mirror is read from this machine's apt sources.
+Nothing lab-specific is in the image: the SSH key, host keys, /etc/hosts and the apt proxy arrive per host
+at boot through a seed (see `seed_files` and pyctl-lab-seed below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyctl.config import Settings
+from pyctl.lab.errors import LabSetupFailed, MissingTools
+from pyctl.lab.locks import locked
+from pyctl.lab.model import Lab, lab_dirs
+from pyctl.lab.processes import run
+
+SUITE = "bookworm"
+PACKAGES = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "libpam-systemd",
+    "openssh-server",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "iproute2",
+    "kmod",
+    "procps",
+    "iputils-ping",
+    "netbase",
+    "ca-certificates",
+    "gnupg",
+    "curl",
+)
+DISK_SIZE = "8G"
+SEED_DIR = "/run/pyctl-lab-seed"  # containers: bind-mounted here; VMs: unpacked here from fw_cfg
+FW_CFG_NAME = "opt/pyctl/seed"
+RECIPE_VERSION = 6  # bump when the build steps change in a way the files below do not show
+
+# --- files the image carries (part of the recipe: changing one rebuilds the image) -------------------
+
+_SSHD = """\
+# pyctl lab: key-only root login; the host key arrives per host through the seed.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+AcceptEnv LANG LC_* GLOO_* NCCL_* PET_* DGL_*
+"""
+
+_NETWORK = """\
+# pyctl lab: VMs take their fixed address from the lab's dnsmasq (by MAC). Containers never run networkd:
+# their eth0 is configured from outside, in the network namespace pyctl made for them.
+[Match]
+Name=eth0
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPv4]
+# The host name comes from the kernel command line (systemd.hostname=).
+UseHostname=no
+"""
+
+_INITRAMFS = """\
+# pyctl lab: a small initrd with just what a QEMU VM needs to mount its root (boots faster under TCG).
+MODULES=list
+"""
+
+# Drivers udev would load at boot for QEMU's emulated chipset and for the CPU flags of `-cpu max` (nested
+# KVM), which no lab role uses: under TCG they cost tens of seconds of CPU while the VM boots.
+_BLACKLIST = "".join(
+    f"blacklist {module}\n"
+    for module in (
+        "kvm", "kvm_amd", "kvm_intel", "cfg80211", "lpc_ich", "i2c_i801", "i2c_smbus", "powernow_k8",
+        "acpi_cpufreq", "pcspkr", "joydev", "serio_raw", "ahci", "libahci", "sr_mod", "cdrom", "floppy",
+        "bochs", "drm", "intel_rapl_msr", "intel_rapl_common",
+    )
+)  # fmt: skip
+
+_INITRAMFS_MODULES = """\
+virtio_pci
+virtio_blk
+virtio_net
+virtio_rng
+ext4
+"""
+
+_ONLY_IN_VMS = """\
+[Unit]
+ConditionVirtualization=vm
+"""
+
+_FSTAB = """\
+# pyctl lab VMs: root on the first virtio disk, swap on the second.
+/dev/vda  /     ext4  rw,errors=remount-ro  0 1
+/dev/vdb  none  swap  sw,nofail  0 0
+"""
+
+_SEED_SCRIPT = f"""\
+#!/bin/sh
+# pyctl lab: install this host's seed: the lab's SSH key, the host key, /etc/hosts and the apt proxy.
+# Containers get the seed bind-mounted at {SEED_DIR}; VMs get it as a tar file in QEMU's fw_cfg.
+set -eu
+seed={SEED_DIR}
+if [ ! -f "$seed/authorized_keys" ]; then
+    fw=/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_NAME}/raw
+    [ -e "$fw" ] || modprobe qemu_fw_cfg
+    mkdir -p "$seed"
+    tar -xf "$fw" -C "$seed"
+fi
+install -d -m 0700 /root/.ssh
+install -m 0600 "$seed/authorized_keys" /root/.ssh/authorized_keys
+install -m 0600 "$seed/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+install -m 0644 "$seed/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
+install -m 0644 "$seed/hosts" /etc/hosts
+if [ -f "$seed/apt-proxy.conf" ]; then
+    install -m 0644 "$seed/apt-proxy.conf" /etc/apt/apt.conf.d/01pyctl-lab-proxy
+fi
+"""
+
+_SEED_UNIT = """\
+[Unit]
+Description=pyctl lab seed (SSH keys, /etc/hosts, apt proxy)
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=sysinit.target ssh.service
+ConditionPathExists=!/etc/pyctl-lab-no-seed
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/pyctl-lab-seed
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+# --- the host's apt sources ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str | None = None
+
+
+def host_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
+    """This machine's `deb` sources (deb822 .sources files and one-line .list files)."""
+    sources: list[AptSource] = []
+    for path in sorted((etc_apt / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[:1].isspace():
+                    continue
+                key, value = line.split(":", 1)
+                fields[key.strip().lower()] = value.strip()
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                sources.append(
+                    AptSource(
+                        uri.rstrip("/"),
+                        tuple(fields.get("suites", "").split()),
+                        tuple(fields.get("components", "").split()),
+                        fields.get("signed-by"),
+                    )
+                )
+    lists = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            match = re.match(r"^\s*deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
+            if match:
+                options, uri, suite, components = match.groups()
+                signed = re.search(r"signed-by=(\S+?)\]?(\s|$)", options or "")
+                sources.append(
+                    AptSource(
+                        uri.rstrip("/"), (suite,), tuple(components.split()), signed[1] if signed else None
+                    )
+                )
+    return sources
+
+
+def guest_sources(sources: list[AptSource]) -> list[AptSource]:
+    """The host's sources for our suite (bookworm, -updates, -security), which the lab hosts use too."""
+    return [
+        AptSource(s.uri, tuple(x for x in s.suites if x.startswith(SUITE)), ("main",), s.signed_by)
+        for s in sources
+        if any(x.startswith(SUITE) for x in s.suites) and "main" in s.components
+    ]
+
+
+def mirror(sources: list[AptSource] | None = None) -> str:
+    """The Debian archive to debootstrap from: PYCTL_LAB_MIRROR, else this machine's `bookworm` source."""
+    override = os.environ.get("PYCTL_LAB_MIRROR")
+    if override:
+        return override.rstrip("/")
+    for source in guest_sources(host_sources() if sources is None else sources):
+        if SUITE in source.suites:
+            return source.uri
+    raise MissingTools(
+        f"no Debian {SUITE} mirror in this machine's apt sources (/etc/apt/sources.list.d/*.sources)",
+        hint="set PYCTL_LAB_MIRROR to a Debian mirror (for example http://<mirror>/debian)",
+    )
+
+
+def sources_file(sources: list[AptSource]) -> str:
+    stanzas = []
+    for source in sources:
+        lines = [
+            "Types: deb",
+            f"URIs: {source.uri}",
+            f"Suites: {' '.join(source.suites)}",
+            "Components: main",
+        ]
+        lines.append(f"Signed-By: {source.signed_by or '/usr/share/keyrings/debian-archive-keyring.gpg'}")
+        stanzas.append("\n".join(lines))
+    return "# pyctl lab: this machine's Debian mirrors, reached through the lab's apt proxy.\n" + "\n\n".join(
+        stanzas
+    )
+
+
+# --- the recipe --------------------------------------------------------------------------------------
+
+
+def recipe() -> dict:
+    base = mirror()
+    sources = [s for s in guest_sources(host_sources()) if s.suites] or [
+        AptSource(base, (SUITE, f"{SUITE}-updates"), ("main",))
+    ]
+    return {
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "variant": "minbase",
+        "mirror": base,
+        "packages": list(PACKAGES),
+        "disk_size": DISK_SIZE,
+        "files": {
+            "/etc/ssh/sshd_config.d/pyctl-lab.conf": _SSHD,
+            "/etc/systemd/network/80-pyctl-lab.network": _NETWORK,
+            "/etc/systemd/system/systemd-networkd.service.d/pyctl-lab.conf": _ONLY_IN_VMS,
+            "/etc/systemd/system/systemd-networkd.socket.d/pyctl-lab.conf": _ONLY_IN_VMS,
+            "/etc/systemd/system/systemd-networkd-wait-online.service.d/pyctl-lab.conf": _ONLY_IN_VMS,
+            "/etc/fstab": _FSTAB,
+            "/etc/hosts": _HOSTS,
+            "/etc/resolv.conf": "# pyctl lab: no DNS inside the lab; host names are in /etc/hosts\n",
+            "/etc/apt/sources.list.d/debian.sources": sources_file(sources),
+            "/usr/local/sbin/pyctl-lab-seed": _SEED_SCRIPT,
+            "/etc/systemd/system/pyctl-lab-seed.service": _SEED_UNIT,
+            "/etc/initramfs-tools/conf.d/pyctl-lab.conf": _INITRAMFS,
+            "/etc/initramfs-tools/modules": _INITRAMFS_MODULES,
+            "/etc/modprobe.d/pyctl-lab-blacklist.conf": _BLACKLIST,
+        },
+    }
+
+
+def recipe_hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Image:
+    dir: Path
+
+    @property
+    def hash(self) -> str:
+        return self.dir.name
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dir / "rootfs"
+
+    @property
+    def raw(self) -> Path:
+        return self.dir / "base.raw"
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+    def complete(self) -> bool:
+        return (
+            all(p.exists() for p in (self.rootfs / "usr", self.raw, self.kernel, self.initrd))
+            and (self.dir / "recipe.json").is_file()
+        )
+
+
+def images_dir(settings: Settings) -> Path:
+    return settings.state_dir / "cache" / "images"
+
+
+def debs_dir(settings: Settings) -> Path:
+    return settings.state_dir / "cache" / "debs"
+
+
+def in_use(settings: Settings) -> set[str]:
+    """Image hashes that labs recorded in this state directory still use (never pruned)."""
+    used = set()
+    for directory in lab_dirs(settings.labs_dir):
+        lab = Lab.load(directory)
+        if lab is not None and lab.image:
+            used.add(lab.image)
+    return used
+
+
+def ensure(settings: Settings, progress: Callable[[str], None]) -> Image:
+    """The image for the current recipe, built first if the cache does not hold it."""
+    data = recipe()
+    image = Image(images_dir(settings) / recipe_hash(data))
+    if image.complete():
+        return image
+    with locked(images_dir(settings) / ".lock"):  # one build at a time; the others wait and reuse it
+        if image.complete():
+            return image
+        progress(f"building the lab image {image.hash} (debootstrap {SUITE}; a few minutes the first time)")
+        started = time.monotonic()
+        _build(settings, data, image)
+        progress(f"lab image built in {time.monotonic() - started:.0f} s")
+        prune(settings, keep={image.hash, *in_use(settings)})
+    return image
+
+
+def _build(settings: Settings, data: dict, image: Image) -> None:
+    build = image.dir.with_name(f".build-{image.hash}")
+    if build.exists():
+        shutil.rmtree(build)
+    build.mkdir(parents=True)
+    rootfs = build / "rootfs"
+    log = image.dir.with_name(f"build-{image.hash}.log")
+    debs_dir(settings).mkdir(parents=True, exist_ok=True)
+    hint = f"see {log}"
+    result = run(
+        [
+            "debootstrap",
+            f"--variant={data['variant']}",
+            f"--include={','.join(data['packages'])}",
+            f"--cache-dir={debs_dir(settings)}",
+            "--components=main",
+            data["suite"],
+            str(rootfs),
+            data["mirror"],
+        ],
+        what="debootstrap",
+        timeout=3600,
+        check=False,
+    )
+    log.write_text(result.stdout + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        lines = [ln for ln in (result.stderr + result.stdout).splitlines() if ln.startswith(("E:", "W:"))]
+        why = lines[-1] if lines else f"exit status {result.returncode}"
+        raise LabSetupFailed(f"debootstrap of the lab image failed: {why}", hint=hint)
+    _customise(rootfs, data["files"], hint)
+    _export_kernel(rootfs, build, hint)
+    run(["truncate", "-s", data["disk_size"], str(build / "base.raw")])
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "pyctl-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            str(rootfs),
+            str(build / "base.raw"),
+        ],
+        what="mkfs.ext4 of the lab image",
+        timeout=1800,
+        hint=hint,
+    )
+    (build / "base.raw").chmod(0o444)  # the shared backing file of every VM overlay: never written
+    (build / "recipe.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if image.dir.exists():
+        shutil.rmtree(image.dir)
+    build.rename(image.dir)
+
+
+def _customise(rootfs: Path, files: dict[str, str], hint: str) -> None:
+    chroot = ["chroot", str(rootfs)]
+    # Per-machine identity comes at boot: systemd makes a machine-id, the seed brings the host keys.
+    (rootfs / "etc/machine-id").write_text("", encoding="utf-8")
+    for stale in ("var/lib/dbus/machine-id", "etc/hostname", "etc/apt/sources.list"):
+        (rootfs / stale).unlink(missing_ok=True)
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    sources = "/etc/apt/sources.list.d/debian.sources"
+    _write(rootfs, sources, files[sources])
+    # Package lists as of the build, so `apt-get install` works at once (roles still update_cache).
+    # Done before resolv.conf is replaced: the chroot still resolves with this machine's copy.
+    run([*chroot, "apt-get", "-q", "update"], what="apt-get update in the lab image", timeout=900, hint=hint)
+    run([*chroot, "apt-get", "clean"], hint=hint)
+    for path, text in files.items():
+        _write(rootfs, path, text)
+    run([*chroot, "systemctl", "enable", "systemd-networkd.service", "pyctl-lab-seed.service"], hint=hint)
+    # Timers that would take the dpkg lock in the middle of a role run and hit the proxy for nothing, and
+    # e2scrub_reap, which costs 15 s of a TCG boot to find no snapshots.
+    masked = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service"]
+    masked += ["systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "modprobe@drm.service"]
+    # No per-user systemd manager: starting one held up the first SSH login by ~7 s under TCG, and no
+    # role uses `systemctl --user`. No getty on tty1: VMs have no screen (the serial console keeps one).
+    masked += ["user@.service", "getty@tty1.service"]
+    run([*chroot, "systemctl", "mask", *masked], hint=hint)
+    run([*chroot, "update-initramfs", "-u", "-k", "all"], what="update-initramfs in the lab image", hint=hint)
+
+
+def _write(rootfs: Path, path: str, text: str) -> None:
+    target = rootfs / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # /etc/resolv.conf may be a link
+    target.write_text(text, encoding="utf-8")
+    target.chmod(0o755 if "/sbin/" in path else 0o644)
+
+
+def _export_kernel(rootfs: Path, build: Path, hint: str) -> None:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise LabSetupFailed("the lab image has no kernel in /boot", hint=hint)
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    initrd = rootfs / "boot" / f"initrd.img-{version}"
+    if not initrd.exists():
+        raise LabSetupFailed(f"the lab image has no initrd for kernel {version}", hint=hint)
+    shutil.copyfile(kernels[-1], build / "vmlinuz")
+    shutil.copyfile(initrd, build / "initrd.img")
+
+
+def prune(settings: Settings, keep: set[str]) -> list[str]:
+    """Remove images of older recipes that no lab uses. Returns the hashes removed."""
+    removed = []
+    root = images_dir(settings)
+    for path in root.iterdir() if root.is_dir() else []:
+        if path.is_dir() and not path.name.startswith(".") and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            path.with_name(f"build-{path.name}.log").unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def seed_files(
+    authorized_keys: str, host_key: Path, hosts: str, apt_proxy: str | None
+) -> dict[str, tuple[bytes, int]]:
+    """The files of one host's seed: name -> (content, mode)."""
+    files = {
+        "authorized_keys": (authorized_keys.encode(), 0o600),
+        "ssh_host_ed25519_key": (host_key.read_bytes(), 0o600),
+        "ssh_host_ed25519_key.pub": (host_key.with_name(host_key.name + ".pub").read_bytes(), 0o644),
+        "hosts": (hosts.encode(), 0o644),
+    }
+    if apt_proxy:
+        files["apt-proxy.conf"] = (f'Acquire::http::Proxy "{apt_proxy}";\n'.encode(), 0o644)
+    return files

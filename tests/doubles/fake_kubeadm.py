@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""TEST DOUBLE for kubeadm, installed on lab hosts by pyctl's lab tests only (never by pyctl itself).
+
+It checks what it is given the way kubeadm would (configuration files against kubeadm's API types and
+validation rules, preflight refusals over existing files), and checks pyctl's own promises: no bootstrap
+token on any command line, the JoinConfiguration file mode 0600 and owned by root, discovery pinned by a
+CA hash. It writes what kubeadm would write (admin.conf, kubelet.conf, the CA, the kubelet's files),
+starts the fake cluster (fake_cluster.py) on `init`, and records every call in
+/var/log/pyctl-test-doubles/calls.jsonl. Subcommands: version, config validate, init, join, token
+create/delete, reset.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, "/opt/pyctl-test-doubles")
+import fake_common
+import kubeadm_config
+import yaml
+
+K8S = Path("/etc/kubernetes")
+KUBELET = Path("/var/lib/kubelet")
+ADMIN = K8S / "admin.conf"
+KUBELET_CONF = K8S / "kubelet.conf"
+CA = K8S / "pki" / "ca.crt"
+FAIL_JOIN_ONCE = Path("/etc/pyctl-test-doubles/fail-join-once")
+TOOL = "kubeadm"
+
+
+def arg(name: str, default: str | None = None) -> str | None:
+    argv = sys.argv[1:]
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else default
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def systemctl(*args: str) -> None:
+    subprocess.run(["systemctl", *args], check=False, capture_output=True)
+
+
+def documents(path: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+
+
+def validated(path: str | None, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not path or not Path(path).is_file():
+        fake_common.die(TOOL, f"unable to read config from {path!r}")
+    problems = kubeadm_config.problems(Path(path).read_text(), kinds)
+    if problems:
+        fake_common.die(TOOL, "invalid configuration:\n  " + "\n  ".join(problems))
+    return documents(path)
+
+
+def kubeconfig(endpoint: str, ca: str, user: str) -> str:
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kubernetes",
+                    "cluster": {"server": f"https://{endpoint}", "certificate-authority-data": b64(ca)},
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate-data": b64(
+                            "-----BEGIN CERTIFICATE-----\nTEST DOUBLE\n-----END CERTIFICATE-----\n"
+                        ),
+                        "client-key-data": b64("-----BEGIN PRIVATE KEY-----\nTEST DOUBLE\n-----END PRIVATE KEY-----\n"),
+                    },
+                }
+            ],
+            "contexts": [{"name": f"{user}@kubernetes", "context": {"cluster": "kubernetes", "user": user}}],
+            "current-context": f"{user}@kubernetes",
+        }
+    )
+
+
+def node_labels(registration: dict[str, Any]) -> dict[str, str]:
+    labels = {}
+    for item in registration.get("kubeletExtraArgs") or []:
+        if item["name"] == "node-labels":
+            for pair in item["value"].split(","):
+                key, _, value = pair.partition("=")
+                labels[key] = value
+    return labels
+
+
+def start_kubelet() -> None:
+    write(KUBELET / "config.yaml", "# TEST DOUBLE: the kubelet configuration kubeadm writes\n", 0o644)
+    write(KUBELET / "kubeadm-flags.env", "KUBELET_KUBEADM_ARGS=--container-runtime-endpoint=test-double\n", 0o644)
+    systemctl("restart", "kubelet")
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def version() -> int:
+    fake_common.record(TOOL, sys.argv[1:])
+    print(fake_common.config().get("version", "v1.36.1"))
+    return 0
+
+
+def config_validate() -> int:
+    kinds = ()
+    docs = validated(arg("--config"), kinds)
+    fake_common.record(TOOL, sys.argv[1:], validated=[d["kind"] for d in docs])
+    print("ok")
+    return 0
+
+
+def init() -> int:
+    docs = validated(arg("--config"), ("InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"))
+    by_kind = {d["kind"]: d for d in docs}
+    for existing in (ADMIN, K8S / "manifests" / "kube-apiserver.yaml"):
+        if existing.exists():
+            name = str(existing).replace("/", "-").lstrip("-")
+            fake_common.die(TOOL, f"[preflight] [ERROR FileAvailable-{name}]: {existing} already exists")
+    cluster = by_kind["ClusterConfiguration"]
+    init_doc = by_kind["InitConfiguration"]
+    registration = init_doc.get("nodeRegistration") or {}
+    address = (init_doc.get("localAPIEndpoint") or {}).get("advertiseAddress", "127.0.0.1")
+    port = (init_doc.get("localAPIEndpoint") or {}).get("bindPort", 6443)
+    endpoint = cluster.get("controlPlaneEndpoint") or f"{address}:{port}"
+    ca = f"-----BEGIN CERTIFICATE-----\n{secrets.token_hex(48)}\n-----END CERTIFICATE-----\n"
+    ca_hash = "sha256:" + hashlib.sha256(ca.encode()).hexdigest()
+    write(CA, ca, 0o644)
+    for name, user in (("admin.conf", "kubernetes-admin"), ("super-admin.conf", "kubernetes-super-admin")):
+        write(K8S / name, kubeconfig(endpoint, ca, user))
+    write(KUBELET_CONF, kubeconfig(endpoint, ca, "system:node"))
+    write(K8S / "manifests" / "kube-apiserver.yaml", "# TEST DOUBLE: the API server's static pod\n")
+    start_kubelet()
+
+    fake_common.STATE.parent.mkdir(parents=True, exist_ok=True)
+    fake_common.STATE.unlink(missing_ok=True)
+    systemctl("stop", fake_common.SERVER_UNIT)
+    systemctl("reset-failed", fake_common.SERVER_UNIT)
+    subprocess.run(
+        [
+            "systemd-run",
+            f"--unit={fake_common.SERVER_UNIT}",
+            "--description=pyctl TEST DOUBLE: a stand-in Kubernetes control plane",
+            sys.executable,
+            str(fake_common.HOME / "fake_cluster.py"),
+            "serve",
+            "--state",
+            str(fake_common.STATE),
+            "--listen",
+            f"0.0.0.0:{port}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings = fake_common.config()
+    fake_common.post(
+        "/init",
+        {
+            "cluster": {
+                "podSubnet": cluster["networking"]["podSubnet"],
+                "serviceSubnet": cluster["networking"]["serviceSubnet"],
+                "controlPlaneEndpoint": endpoint,
+                "clusterName": cluster.get("clusterName", "kubernetes"),
+                "kubernetesVersion": cluster["kubernetesVersion"],
+            },
+            "ca_hash": ca_hash,
+            "node": {
+                "name": registration.get("name") or os.uname().nodename,
+                "labels": node_labels(registration),
+                "taints": registration.get("taints"),
+                "control_plane": True,
+                "gpus": settings.get("gpus", 0),
+                "nvidia_default_runtime": settings.get("nvidia_default_runtime", False),
+                "address": address,
+            },
+        },
+        f"127.0.0.1:{port}",
+        attempts=40,
+    )
+    ttl = ((init_doc.get("bootstrapTokens") or [{}])[0]).get("ttl", "24h0m0s")
+    token = fake_common.post("/token/create", {"ttl": ttl, "description": "kubeadm init"}, f"127.0.0.1:{port}")["join"]
+    fake_common.record(TOOL, sys.argv[1:], init_token_ttl=ttl, printed_token="--skip-token-print" not in sys.argv)
+    print(f"[init] Using Kubernetes version: {cluster['kubernetesVersion']}")
+    print("Your Kubernetes control-plane has initialized successfully!")
+    if "--skip-token-print" not in sys.argv:
+        print(f"Then you can join any number of worker nodes by running the following on each as root:\n\n{token}")
+    return 0
+
+
+def join() -> int:
+    path = arg("--config")
+    if not path or not Path(path).is_file():
+        fake_common.die(TOOL, f"unable to read config from {path!r}")
+    info = Path(path).stat()
+    mode = oct(info.st_mode & 0o777)
+    if info.st_mode & 0o077 or info.st_uid != 0:
+        fake_common.die(
+            TOOL, f"TEST DOUBLE: the JoinConfiguration {path} is mode {mode}, owner {info.st_uid}: not 0600 root"
+        )
+    (doc,) = validated(path, ("JoinConfiguration",))
+    bootstrap = doc["discovery"]["bootstrapToken"]
+    checks = {"config_mode": mode, "ca_hashes": len(bootstrap.get("caCertHashes") or []), "token_on_argv": False}
+    for existing in (KUBELET_CONF, K8S / "bootstrap-kubelet.conf", CA):
+        if existing.exists():
+            name = str(existing).replace("/", "-").lstrip("-")
+            fake_common.die(TOOL, f"[preflight] [ERROR FileAvailable-{name}]: {existing} already exists")
+    active = subprocess.run(["systemctl", "is-active", "--quiet", "kubelet"], check=False).returncode == 0
+    if active and (KUBELET / "config.yaml").exists():
+        fake_common.die(TOOL, "[preflight] [ERROR Port-10250]: Port 10250 is in use")
+    registration = doc.get("nodeRegistration") or {}
+    if FAIL_JOIN_ONCE.exists():
+        FAIL_JOIN_ONCE.unlink()
+        write(K8S / "bootstrap-kubelet.conf", "# TEST DOUBLE: a join that never finished\n")
+        write(CA, "# TEST DOUBLE: the CA a join that never finished fetched\n", 0o644)
+        start_kubelet()
+        fake_common.die(TOOL, "error execution phase kubelet-start: timed out waiting for the condition (TEST DOUBLE)")
+    settings = fake_common.config()
+    answer = fake_common.post(
+        "/join",
+        {
+            "token": bootstrap["token"],
+            "ca_hashes": bootstrap.get("caCertHashes") or [],
+            "node": {
+                "name": registration.get("name") or os.uname().nodename,
+                "labels": node_labels(registration),
+                "taints": registration.get("taints"),
+                "gpus": settings.get("gpus", 0),
+                "nvidia_default_runtime": settings.get("nvidia_default_runtime", False),
+                "address": next(
+                    (a["value"] for a in registration.get("kubeletExtraArgs") or [] if a["name"] == "node-ip"), ""
+                ),
+            },
+        },
+        bootstrap["apiServerEndpoint"],
+        attempts=3,
+    )
+    if "error" in answer:
+        fake_common.die(TOOL, f"error execution phase preflight: {answer['error']}")
+    write(CA, "# TEST DOUBLE: the cluster CA discovery fetched and pinned\n", 0o644)
+    write(KUBELET_CONF, kubeconfig(bootstrap["apiServerEndpoint"], "ca", "system:node"))
+    start_kubelet()
+    fake_common.record(TOOL, sys.argv[1:], **checks)
+    print("This node has joined the cluster")
+    return 0
+
+
+def token() -> int:
+    if not ADMIN.is_file():
+        fake_common.die(TOOL, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file")
+    action = sys.argv[2]
+    if action == "create":
+        result = fake_common.post(
+            "/token/create", {"ttl": arg("--ttl", "24h0m0s"), "description": arg("--description", "")}
+        )
+        fake_common.record(TOOL, sys.argv[1:])
+        if "--print-join-command" in sys.argv:
+            print(result["join"])
+        else:
+            print(result["join"].split("--token ")[1].split()[0])
+        return 0
+    if action == "delete":
+        token_id = sys.argv[-1]
+        result = fake_common.post("/token/delete", {"id": token_id})
+        fake_common.record(TOOL, sys.argv[1:], deleted=result["deleted"])
+        print(f'bootstrap token "{token_id}" deleted')
+        return 0
+    fake_common.die(TOOL, f"TEST DOUBLE: kubeadm token {action} is not implemented")
+    return 2
+
+
+def reset() -> int:
+    if "--force" not in sys.argv:
+        fake_common.die(TOOL, "TEST DOUBLE: kubeadm reset would ask for confirmation (pass --force)")
+    systemctl("stop", "kubelet")
+    systemctl("stop", fake_common.SERVER_UNIT)
+    systemctl("reset-failed", fake_common.SERVER_UNIT)
+    fake_common.STATE.unlink(missing_ok=True)
+    for name in ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kubelet.conf"):
+        (K8S / name).unlink(missing_ok=True)
+    for folder in (K8S / "manifests", K8S / "pki", KUBELET / "pki"):
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in ("config.yaml", "kubeadm-flags.env", "instance-config.yaml"):
+        (KUBELET / name).unlink(missing_ok=True)
+    fake_common.record(TOOL, sys.argv[1:])
+    print("[reset] The reset process does not clean CNI configuration (TEST DOUBLE)")
+    return 0
+
+
+def main() -> int:
+    fake_common.refuse_tokens_on_argv(TOOL)
+    argv = sys.argv[1:]
+    if argv[:1] == ["version"]:
+        return version()
+    if argv[:2] == ["config", "validate"]:
+        return config_validate()
+    if argv[:1] == ["init"]:
+        return init()
+    if argv[:1] == ["join"]:
+        return join()
+    if argv[:1] == ["token"]:
+        return token()
+    if argv[:1] == ["reset"]:
+        return reset()
+    fake_common.die(TOOL, f"TEST DOUBLE: kubeadm {' '.join(argv)} is not implemented")
+    return 2
+
+
+if __name__ == "__main__":
+    started = time.time()
+    sys.exit(main())

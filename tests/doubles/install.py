@@ -1,0 +1,112 @@
+"""Install the test doubles on the hosts of a lab (container or VM hosts: never netns hosts, which share
+this machine's files). Only pyctl's lab tests call this; pyctl itself never installs a double.
+
+    install(lab, gpus={"node3": 2})
+
+Puts the doubles and a pure-Python PyYAML in /opt/pyctl-test-doubles, wrappers named kubeadm, kubectl,
+kubelet (and nvidia-smi on hosts given GPUs) in /usr/local/bin, a do-nothing kubelet.service, and each
+host's settings in /etc/pyctl-test-doubles/config.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+FILES = (
+    "fake_common.py",
+    "fake_cluster.py",
+    "fake_kubeadm.py",
+    "fake_kubectl.py",
+    "fake_nvidia_smi.py",
+    "kubeadm_config.py",
+    "kubeadm_types.yaml",
+)
+WRAPPER = "#!/bin/sh\n# pyctl TEST DOUBLE (tests/doubles): stands in for {tool} on this lab host.\nexec {command}\n"
+KUBELET_UNIT = """\
+[Unit]
+Description=pyctl TEST DOUBLE: stands in for the kubelet (does nothing)
+
+[Service]
+ExecStart=/usr/local/bin/kubelet
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _payload() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in FILES:
+            tar.add(HERE / name, arcname=name)
+        yaml_dir = Path(yaml.__file__).parent
+        for path in sorted(yaml_dir.glob("*.py")):  # the pure-Python PyYAML: no compiled parts
+            tar.add(path, arcname=f"yaml/{path.name}")
+    return buffer.getvalue()
+
+
+def _setup_script(settings: dict[str, Any], gpu: bool) -> str:
+    python = "/usr/bin/python3 /opt/pyctl-test-doubles"
+    tools = {
+        "kubeadm": f'{python}/fake_kubeadm.py "$@"',
+        "kubectl": f'{python}/fake_kubectl.py "$@"',
+        "kubelet": "sleep infinity",
+    }
+    if gpu:
+        tools["nvidia-smi"] = f'{python}/fake_nvidia_smi.py "$@"'
+    lines = ["set -e", "mkdir -p /etc/pyctl-test-doubles /var/log/pyctl-test-doubles"]
+    for tool, command in tools.items():
+        text = WRAPPER.format(tool=tool, command=command)
+        lines.append(f"printf %s {shlex.quote(text)} > /usr/local/bin/{tool}; chmod 755 /usr/local/bin/{tool}")
+    lines.append(f"printf %s {shlex.quote(KUBELET_UNIT)} > /etc/systemd/system/kubelet.service")
+    lines.append(f"printf %s {shlex.quote(json.dumps(settings))} > /etc/pyctl-test-doubles/config.json")
+    lines.append("systemctl daemon-reload")
+    return "\n".join(lines)
+
+
+def configure(lab: Any, host: str, **settings: Any) -> None:
+    """Change one host's double settings (gpus, nvidia_smi_error, nvidia_default_runtime, version)."""
+    current = json.loads(lab.ssh(host, "cat /etc/pyctl-test-doubles/config.json", timeout=30).stdout)
+    current.update(settings)
+    lab.ssh(host, f"printf %s {shlex.quote(json.dumps(current))} > /etc/pyctl-test-doubles/config.json", timeout=30)
+
+
+def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.1") -> None:
+    if lab.kind == "netns":
+        raise ValueError("netns lab hosts share this machine's files: install the doubles on container or vm hosts")
+    payload = _payload()
+    for host in lab.hosts:
+        count = (gpus or {}).get(host.name, 0)
+        remote = (
+            "rm -rf /opt/pyctl-test-doubles && mkdir -p /opt/pyctl-test-doubles && tar -x -C /opt/pyctl-test-doubles"
+        )
+        subprocess.run(lab.ssh_argv(host, remote), input=payload, check=True, capture_output=True, timeout=60)
+        script = _setup_script({"gpus": count, "version": version}, gpu=count > 0)
+        lab.ssh(host, script, timeout=60)
+
+
+def calls(lab: Any, host: str, tool: str | None = None) -> list[dict[str, Any]]:
+    """The calls the doubles on `host` recorded, oldest first."""
+    text = lab.ssh(host, "cat /var/log/pyctl-test-doubles/calls.jsonl 2>/dev/null || true", timeout=30).stdout
+    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [e for e in entries if tool is None or e["tool"] == tool]
+
+
+def cluster_state(lab: Any, control_plane: str) -> dict[str, Any]:
+    """The fake cluster's whole state (tokens minted, nodes, objects), read on the control plane."""
+    text = lab.ssh(
+        control_plane,
+        "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:6443/state').read().decode())\"",
+        timeout=30,
+    ).stdout
+    return json.loads(text)
