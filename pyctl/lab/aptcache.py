@@ -109,9 +109,7 @@ def bridge(lab: Lab, port: int) -> str:
     deadline = time.monotonic() + 10
     while not sock.exists() or not _listening_in(lab, APT_PROXY_PORT):
         if time.monotonic() > deadline:
-            raise LabSetupFailed(
-                f"the apt proxy bridge of lab {lab.name} did not start", hint=f"see {lab.dir}"
-            )
+            raise LabSetupFailed(f"the apt proxy bridge of lab {lab.name} did not start", hint=f"see {lab.dir}")
         time.sleep(0.05)
     return f"http://{lab.gateway}:{APT_PROXY_PORT}"
 
@@ -151,9 +149,7 @@ def _listening(port: int) -> bool:
 
 
 def _listening_in(lab: Lab, port: int) -> bool:
-    result = run(
-        ["ip", "netns", "exec", lab.namespace, "ss", "-Hltn", f"sport = :{port}"], check=False, timeout=10
-    )
+    result = run(["ip", "netns", "exec", lab.namespace, "ss", "-Hltn", f"sport = :{port}"], check=False, timeout=10)
     return bool(result.stdout.strip())
 
 

@@ -205,9 +205,7 @@ def host_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
                 options, uri, suite, components = match.groups()
                 signed = re.search(r"signed-by=(\S+?)\]?(\s|$)", options or "")
                 sources.append(
-                    AptSource(
-                        uri.rstrip("/"), (suite,), tuple(components.split()), signed[1] if signed else None
-                    )
+                    AptSource(uri.rstrip("/"), (suite,), tuple(components.split()), signed[1] if signed else None)
                 )
     return sources
 
@@ -246,9 +244,7 @@ def sources_file(sources: list[AptSource]) -> str:
         ]
         lines.append(f"Signed-By: {source.signed_by or '/usr/share/keyrings/debian-archive-keyring.gpg'}")
         stanzas.append("\n".join(lines))
-    return "# pyctl lab: this machine's Debian mirrors, reached through the lab's apt proxy.\n" + "\n\n".join(
-        stanzas
-    )
+    return "# pyctl lab: this machine's Debian mirrors, reached through the lab's apt proxy.\n" + "\n\n".join(stanzas)
 
 
 # --- the recipe --------------------------------------------------------------------------------------
@@ -471,9 +467,7 @@ def prune(settings: Settings, keep: set[str]) -> list[str]:
     return removed
 
 
-def seed_files(
-    authorized_keys: str, host_key: Path, hosts: str, apt_proxy: str | None
-) -> dict[str, tuple[bytes, int]]:
+def seed_files(authorized_keys: str, host_key: Path, hosts: str, apt_proxy: str | None) -> dict[str, tuple[bytes, int]]:
     """The files of one host's seed: name -> (content, mode)."""
     files = {
         "authorized_keys": (authorized_keys.encode(), 0o600),

@@ -251,9 +251,7 @@ def host_statuses(lab: Lab, module: ModuleType) -> list[HostStatus]:
     def one(host: Any) -> HostStatus:
         pid = module.pid(lab, host)
         ok = pid is not None and ssh.reachable(lab, host)
-        return HostStatus(
-            host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok
-        )
+        return HostStatus(host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok)
 
     with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
         return list(pool.map(one, lab.hosts))
@@ -313,9 +311,7 @@ def down(name: str, settings: Settings | None = None) -> DownResult:
     settings = settings or load_settings()
     check_name(name)
     if not is_root():
-        raise NotRoot(
-            "pyctl lab down needs root (network namespaces, processes, mounts)", hint="run it with sudo"
-        )
+        raise NotRoot("pyctl lab down needs root (network namespaces, processes, mounts)", hint="run it with sudo")
     with _lock(settings, name):
         lab = Lab.load(lab_dir(settings, name))
         result = _teardown(settings, name, lab)
@@ -338,11 +334,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
     result.existed = result.existed or bool(namespaces)
 
     # Processes: pidfiles, then everything inside the namespaces or naming the lab directory.
-    pids = (
-        [p for p in (processes.read_pid(f) for f in directory.rglob("*.pid")) if p]
-        if directory.exists()
-        else []
-    )
+    pids = [p for p in (processes.read_pid(f) for f in directory.rglob("*.pid")) if p] if directory.exists() else []
     pids = [p for p in pids if f"{directory}/" in " ".join(processes.cmdline(p)) or _in_any(p, namespaces)]
     inodes = [i for i in (network.inode(ns) for ns in namespaces) if i]
     # First everything inside the lab's namespaces (hosts, their sessions, QEMU, dnsmasq, proxies): the

@@ -70,9 +70,7 @@ def owned_by(name: str, lab_dir: Path) -> bool:
 
 def _batch(namespace: str, commands: list[list[str]], what: str) -> None:
     """Run several `ip` commands inside one namespace with a single `ip -batch` (one exec, not many)."""
-    lines = "".join(
-        " ".join(f'"{arg}"' if " " in arg else arg for arg in command) + "\n" for command in commands
-    )
+    lines = "".join(" ".join(f'"{arg}"' if " " in arg else arg for arg in command) + "\n" for command in commands)
     run(["ip", "-n", namespace, "-batch", "-"], input=lines, what=what)
 
 
@@ -105,9 +103,7 @@ def create_host_namespaces(lab_ns: str, links: list[HostLink], prefixlen: int, l
         run(["ip", "netns", "add", link.namespace], what=f"creating network namespace {link.namespace}")
     commands = []
     for link in links:
-        commands.append(
-            ["link", "add", link.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", link.namespace]
-        )
+        commands.append(["link", "add", link.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", link.namespace])
         commands.append(["link", "set", link.port, "master", BRIDGE, "up"])
     _batch(lab_ns, commands, what=f"joining hosts to the bridge in {lab_ns}")
     for link in links:

@@ -74,9 +74,7 @@ def write_ssh_config(lab: Lab) -> Path:
     return lab.ssh_config_path
 
 
-def probe(
-    lab: Lab, host: LabHost, command: str | None, timeout: float = 20
-) -> subprocess.CompletedProcess[str]:
+def probe(lab: Lab, host: LabHost, command: str | None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """Run `command` on the host over SSH with the pinned key; returncode 255 means SSH itself failed.
 
     With no command, only log in: open the sftp subsystem and close it at once. That proves the same

@@ -95,9 +95,7 @@ def _start_dnsmasq(lab: Lab) -> None:
         hint=f"see {lab.dir / 'dnsmasq.log'}",
     )
     if wait_for_pidfile(lab.dir / "dnsmasq.pid", timeout=10) is None:
-        raise LabSetupFailed(
-            "dnsmasq did not start in the lab namespace", hint=f"see {lab.dir / 'dnsmasq.log'}"
-        )
+        raise LabSetupFailed("dnsmasq did not start in the lab namespace", hint=f"see {lab.dir / 'dnsmasq.log'}")
 
 
 def _seed_tar(lab: Lab, host: LabHost) -> Path:
@@ -137,9 +135,7 @@ def start(lab: Lab, host: LabHost) -> None:
         hint=f"see {console_log(lab, host)}",
     )
     if wait_for_pidfile(directory / "qemu.pid", timeout=10) is None:
-        raise LabSetupFailed(
-            f"QEMU for lab host {host.name} did not start", hint=f"see {console_log(lab, host)}"
-        )
+        raise LabSetupFailed(f"QEMU for lab host {host.name} did not start", hint=f"see {console_log(lab, host)}")
 
 
 def qemu_argv(lab: Lab, host: LabHost, built: image.Image) -> list[str]:

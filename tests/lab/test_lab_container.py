@@ -46,9 +46,9 @@ def test_container_lab_boots_systemd_and_installs_packages(lab):
 
     # Each container writes to its own overlay layer, never to the shared image.
     my_lab.ssh("node1", "echo mine > /etc/pyctl-test-marker", timeout=30)
-    assert my_lab.ssh(
-        "node2", "cat /etc/pyctl-test-marker 2>/dev/null || echo absent", timeout=30
-    ).stdout.strip() == ("absent")
+    assert my_lab.ssh("node2", "cat /etc/pyctl-test-marker 2>/dev/null || echo absent", timeout=30).stdout.strip() == (
+        "absent"
+    )
     assert (my_lab.host_dir("node1") / "upper" / "etc" / "pyctl-test-marker").exists()
     image_root = Path(my_lab.extra["image_dir"]) / "rootfs"
     assert not (image_root / "etc" / "pyctl-test-marker").exists()
@@ -73,8 +73,6 @@ def test_container_lab_down_leaves_nothing(lab):
     assert processes.pids_mentioning(str(my_lab.dir)) == []
     assert str(my_lab.dir) not in Path("/proc/self/mountinfo").read_text()
     assert (
-        not list(container.PROPAGATE_DIR.glob(f"pyctl-{my_lab.name}-*"))
-        if container.PROPAGATE_DIR.exists()
-        else True
+        not list(container.PROPAGATE_DIR.glob(f"pyctl-{my_lab.name}-*")) if container.PROPAGATE_DIR.exists() else True
     )
     assert not my_lab.dir.exists()

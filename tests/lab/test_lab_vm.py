@@ -23,8 +23,7 @@ def test_vm_hosts_answer_ssh_with_their_own_kernel(vms):
     for host in vms.hosts:
         out = vms.ssh(
             host.name,
-            "hostname; uname -r; systemd-detect-virt; systemctl is-system-running || true;"
-            " ip -4 -o addr show dev eth0",
+            "hostname; uname -r; systemd-detect-virt; systemctl is-system-running || true; ip -4 -o addr show dev eth0",
             timeout=120,
         ).stdout.split("\n")
         assert out[0] == host.name
@@ -38,8 +37,7 @@ def test_vm_hosts_answer_ssh_with_their_own_kernel(vms):
 def test_vm_loads_modules_and_has_swap(vms):
     out = vms.ssh(
         "node1",
-        "modprobe br_netfilter && test -d /sys/module/br_netfilter && echo loaded;"
-        " swapon --show=NAME --noheadings",
+        "modprobe br_netfilter && test -d /sys/module/br_netfilter && echo loaded; swapon --show=NAME --noheadings",
         timeout=120,
     ).stdout.split()
     assert out[0] == "loaded"
