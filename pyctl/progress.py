@@ -114,7 +114,7 @@ class RunState:
         ignored = bool(data.get("ignore_errors"))
         if status == "ok":
             host.ok += 1
-            if result.get("changed"):
+            if result.get("changed") or _censored_change(event, result):
                 host.changed += 1
                 status = "changed"
         elif status == "skipped":
@@ -144,6 +144,11 @@ class RunState:
     @property
     def unreachable_hosts(self) -> list[str]:
         return sorted({f.host for f in self.failures if f.unreachable})
+
+
+def _censored_change(event: dict[str, Any], result: dict[str, Any]) -> bool:
+    """A no_log result is censored down to one key; Ansible's own display line still says 'changed:'."""
+    return "censored" in result and str(event.get("stdout", "")).lstrip().startswith("changed:")
 
 
 def phase_of(play: str) -> str:

@@ -196,3 +196,20 @@ def test_every_play_name_carries_its_phase():
     for phase in phases.discover(root):
         for play in yaml.safe_load((root / f"{phase}.yml").read_text()):
             assert phase_of(play["name"]) == phase, (phase, play["name"])
+
+
+def test_a_censored_no_log_result_that_changed_counts_as_changed():
+    state = RunState()
+    censored = {"censored": "the output has been hidden due to the fact that 'no_log: true' was specified"}
+    outcome = state.apply(
+        {
+            "event": "runner_on_ok",
+            "stdout": "changed: [cp1]",
+            "event_data": {"host": "cp1", "task": "Mint a join token", "res": censored},
+        }
+    )
+    assert outcome[0] == "changed" and state.hosts["cp1"].changed == 1
+    outcome = state.apply(
+        {"event": "runner_on_ok", "stdout": "ok: [cp1]", "event_data": {"host": "cp1", "task": "t", "res": censored}}
+    )
+    assert outcome[0] == "ok" and state.hosts["cp1"].changed == 1
