@@ -25,6 +25,23 @@ def _check_limit(cluster: inventory.Cluster, limit: str | None) -> None:
             )
 
 
+# Phases that only read, or that only add the training user: safe on netns lab hosts, which share
+# this machine's files and processes. Every other phase would change this machine itself.
+_NETNS_SAFE_PHASES = ("preflight", "ssh_trust")
+
+
+def _check_netns_lab(cluster: inventory.Cluster, selected: list[str]) -> None:
+    netns = [h.name for h in cluster.hosts if str(h.vars.get("lab_kind", "")) == "netns"]
+    unsafe = [p for p in selected if p not in _NETNS_SAFE_PHASES]
+    if netns and unsafe:
+        raise UsageError(
+            f"hosts {', '.join(netns)} are netns lab hosts, which share this machine's files: "
+            f"phases {', '.join(unsafe)} would change this machine itself",
+            hint="run only --phases " + ",".join(_NETNS_SAFE_PHASES) + " there, or use a vm or container lab "
+            "(pyctl lab up --kind vm)",
+        )
+
+
 def run(
     inventory_path: Path,
     phase_list: str | None = None,
@@ -37,6 +54,7 @@ def run(
     known = phases.discover(settings.playbooks_dir)
     selected = phases.select(known, phase_list)
     _check_limit(cluster, limit)
+    _check_netns_lab(cluster, selected)
 
     cluster_dir = settings.clusters_dir / cluster.name
     cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -68,7 +68,7 @@ def test_a_failing_and_an_unreachable_host_are_named_with_hints(lab, tmp_path):
         data["all"]["children"]["workers"]["hosts"]["ghost"] = None
 
     inventory = variant(hosts, tmp_path, change)
-    result = bootstrap(inventory, state=tmp_path / "state")
+    result = bootstrap(inventory, "--phases", "preflight", state=tmp_path / "state")
     assert result.returncode == 3, result.stdout + result.stderr  # unreachable wins over failed
     rows = recap(result.stdout)
     assert rows["node1"][2:4] == [0, 0]
@@ -86,7 +86,18 @@ def test_only_a_failing_host_exits_1(lab, tmp_path):
     def change(data):
         data["all"]["hosts"]["node2"]["preflight_min_free_disk_gb"] = 10**7
 
-    result = bootstrap(variant(hosts, tmp_path, change), "--limit", "node2", state=tmp_path / "state")
+    result = bootstrap(
+        variant(hosts, tmp_path, change), "--limit", "node2", "--phases", "preflight", state=tmp_path / "state"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "node2: failed: [preflight] Fail when the file system holding /var is short of space" in result.stderr
     assert "node1" not in recap(result.stdout)
+
+
+def test_phases_that_would_change_this_machine_are_refused_on_netns_hosts(lab, tmp_path):
+    hosts = lab(nodes=2, kind="netns")
+    result = bootstrap(Path(hosts.inventory_path), state=tmp_path / "state")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "netns lab hosts, which share this machine's files" in result.stderr
+    assert "prepare_nodes" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "runs").exists(), "nothing may run"
