@@ -123,6 +123,8 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
 def _check_foreign(settings: Settings, name: str) -> None:
     """Namespaces named like this lab with no state file: ours (crash leftovers) are removed, others clash."""
     directory = lab_dir(settings, name)
+    if directory.exists():  # a lab directory without a readable state file: a run that died early
+        _teardown(settings, name, None)
     for ns in network.lab_namespaces(name):
         if network.owned_by(ns, directory):
             _teardown(settings, name, None)
