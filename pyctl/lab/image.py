@@ -30,6 +30,7 @@ from pyctl.config import Settings
 from pyctl.lab.errors import LabSetupFailed, MissingTools
 from pyctl.lab.locks import locked
 from pyctl.lab.model import Lab, lab_dirs
+from pyctl.lab.mounts import remove_tree, unmount_under
 from pyctl.lab.processes import run
 
 SUITE = "bookworm"
@@ -357,8 +358,7 @@ def ensure(settings: Settings, progress: Callable[[str], None]) -> Image:
 
 def _build(settings: Settings, data: dict, image: Image) -> None:
     build = image.dir.with_name(f".build-{image.hash}")
-    if build.exists():
-        shutil.rmtree(build)
+    remove_tree(build)  # what a killed build left, its /proc and /sys mounts included
     build.mkdir(parents=True)
     rootfs = build / "rootfs"
     log = image.dir.with_name(f"build-{image.hash}.log")
@@ -406,8 +406,8 @@ def _build(settings: Settings, data: dict, image: Image) -> None:
     )
     (build / "base.raw").chmod(0o444)  # the shared backing file of every VM overlay: never written
     (build / "recipe.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    if image.dir.exists():
-        shutil.rmtree(image.dir)
+    unmount_under(rootfs)
+    remove_tree(image.dir)
     build.rename(image.dir)
 
 
@@ -465,7 +465,7 @@ def prune(settings: Settings, keep: set[str]) -> list[str]:
     root = images_dir(settings)
     for path in root.iterdir() if root.is_dir() else []:
         if path.is_dir() and not path.name.startswith(".") and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             path.with_name(f"build-{path.name}.log").unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -9,7 +9,6 @@ lab name with a file lock.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from pyctl.lab.model import (
     subnet_for,
     used_subnets,
 )
+from pyctl.lab.mounts import remove_tree, unmount_under
 
 Progress = Callable[[str], None]
 
@@ -149,8 +149,7 @@ def _allocate_subnet(settings: Settings, name: str) -> str:
 
 def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Progress) -> Lab:
     directory = lab_dir(settings, spec.name)
-    if directory.exists():
-        shutil.rmtree(directory)
+    remove_tree(directory)
     directory.mkdir(parents=True, mode=0o700)
     directory.chmod(0o700)
     with locked(settings.labs_dir / ".locks" / ".subnets"):
@@ -360,9 +359,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
             break
 
     # Mounts under the lab directory (none are expected: container roots are mounted in private namespaces).
-    for mount_point in _mounts_under(directory):
-        processes.run(["umount", "-l", mount_point], check=False, timeout=60)
-        result.mounts += 1
+    result.mounts = unmount_under(directory)
     for ns in namespaces:
         if network.delete(ns):
             result.namespaces += 1
@@ -373,27 +370,10 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
         from pyctl.lab import aptcache
 
         aptcache.release(settings, name)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
+    remove_tree(directory)
     return result
 
 
 def _in_any(pid: int, namespaces: list[str]) -> bool:
     inodes = {network.inode(ns) for ns in namespaces}
     return processes.ns_inode(f"/proc/{pid}/ns/net") in inodes
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory) + "/"
-    found = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 4:
-            point = parts[4].replace("\\040", " ")
-            if point.startswith(prefix) or point == str(directory):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
