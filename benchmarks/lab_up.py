@@ -141,7 +141,7 @@ def bench_build() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", default="netns,container,vm")
+    parser.add_argument("--kinds", default="netns,container,vm", help="comma-separated, or none")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3, help="runs for netns and container (vm: 1)")
     parser.add_argument("--build", action="store_true", help="also time image builds (slow)")
@@ -153,7 +153,7 @@ def main() -> int:
         print("benchmarks/lab_up.py needs root", file=sys.stderr)
         return 2
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip() and k.strip() != "none"]
     if "vm" in kinds or "container" in kinds:
         from pyctl.lab import image
 

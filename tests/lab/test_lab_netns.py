@@ -118,6 +118,12 @@ def test_up_twice_is_a_no_op_and_status_reports_health(lab):
         ("node2", my_lab.hosts[1].address, "netns"),
     ]
 
+    # Only the gpu marks differ: the inventory is rewritten, the hosts are left alone.
+    marked = up(LabSpec(name=my_lab.name, nodes=2, kind="netns", gpu_nodes=1))
+    assert not marked.changed
+    assert [h.gpu for h in inventory.check(my_lab.inventory_path).cluster.hosts] == [False, True]
+    assert [h.pid for h in status(my_lab.name).hosts] == pids
+
     os.kill(pids[1], signal.SIGKILL)
     _wait(lambda: not processes.alive(pids[1]))
     report = status(my_lab.name)
