@@ -9,9 +9,10 @@ lab name with a file lock.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -183,6 +184,9 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
 
 
 def _wait_all(lab: Lab, module: ModuleType) -> None:
+    """Wait for every host in parallel; the first failure is raised at once and stops the other waits."""
+    failed = threading.Event()
+
     def wait(host: Any) -> None:
         ssh.wait_ready(
             lab,
@@ -190,12 +194,19 @@ def _wait_all(lab: Lab, module: ModuleType) -> None:
             timeout=module.BOOT_TIMEOUT,
             systemd=module.SYSTEMD,
             console_log=module.console_log(lab, host),
-            alive=lambda: module.pid(lab, host) is not None,
+            alive=lambda: not failed.is_set() and module.pid(lab, host) is not None,
         )
 
-    with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
-        for future in [pool.submit(wait, host) for host in lab.hosts]:
+    pool = ThreadPoolExecutor(max_workers=min(8, lab.nodes))
+    try:
+        futures = [pool.submit(wait, host) for host in lab.hosts]
+        for future in as_completed(futures):
             future.result()
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- status -----------------------------------------------------------------------------------------
