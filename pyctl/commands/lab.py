@@ -14,7 +14,7 @@ def _progress(message: str) -> None:
 
 
 def run_up(spec: LabSpec, as_json: bool) -> int:
-    result = up(spec, progress=None if as_json else _progress)
+    result = up(spec, progress=_progress)  # progress goes to stderr, so --json output stays clean
     lab = result.lab
     if as_json:
         console.out().print_json(json.dumps({**lab.summary(), "changed": result.changed}))

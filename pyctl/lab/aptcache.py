@@ -65,7 +65,9 @@ def ensure(settings: Settings) -> int:
             terminate([pid])
         for sub in ("cache", "log", "run", "conf"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        # Keep the port of the last run when it is free: labs still up (whose proxy bridge points at it)
+        # then work again once the proxy is back.
+        port = port if port and _bindable(port) else _free_port()
         (base / "conf" / "acng.conf").write_text(_conf(base, port), encoding="utf-8")
         # It runs as root: its cache sits under the state directory (often in /root, closed to other
         # users), and it listens on loopback only.
@@ -132,7 +134,6 @@ def stop(settings: Settings) -> None:
     pid = pidfile_alive(base / "run" / "acng.pid")
     if pid and alive(pid):
         terminate([pid], grace=10)
-    (base / "run" / "port").unlink(missing_ok=True)
 
 
 def _read_port(base: Path) -> int | None:
@@ -153,13 +154,18 @@ def _listening_in(lab: Lab, port: int) -> bool:
     return bool(result.stdout.strip())
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     """A free loopback port below 32768: apt-cacher-ng 3.7 cannot bind higher ports (a signed short)."""
     for port in random.sample(range(20000, 32768), 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if _bindable(port):
             return port
     raise LabSetupFailed("no free loopback port for apt-cacher-ng between 20000 and 32767")

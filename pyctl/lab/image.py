@@ -30,6 +30,7 @@ from pyctl.config import Settings
 from pyctl.lab.errors import LabSetupFailed, MissingTools
 from pyctl.lab.locks import locked
 from pyctl.lab.model import Lab, lab_dirs
+from pyctl.lab.mounts import remove_tree, unmount_under
 from pyctl.lab.processes import run
 
 SUITE = "bookworm"
@@ -55,7 +56,7 @@ PACKAGES = (
 DISK_SIZE = "8G"
 SEED_DIR = "/run/pyctl-lab-seed"  # containers: bind-mounted here; VMs: unpacked here from fw_cfg
 FW_CFG_NAME = "opt/pyctl/seed"
-RECIPE_VERSION = 6  # bump when the build steps change in a way the files below do not show
+RECIPE_VERSION = 7  # bump when the build steps change in a way the files below do not show
 
 # --- files the image carries (part of the recipe: changing one rebuilds the image) -------------------
 
@@ -90,14 +91,16 @@ _INITRAMFS = """\
 MODULES=list
 """
 
-# Drivers udev would load at boot for QEMU's emulated chipset and for the CPU flags of `-cpu max` (nested
-# KVM), which no lab role uses: under TCG they cost tens of seconds of CPU while the VM boots.
+# Drivers udev would load at boot for QEMU's emulated chipset (IDE, SMBus, ACPI button, input) and for the
+# host's CPU flags (nested KVM, SIMD hashes), which no lab role uses: under TCG every module load costs
+# the booting VM CPU time. The VM's disks and network are virtio; its console is a serial port.
 _BLACKLIST = "".join(
     f"blacklist {module}\n"
     for module in (
-        "kvm", "kvm_amd", "kvm_intel", "cfg80211", "lpc_ich", "i2c_i801", "i2c_smbus", "powernow_k8",
-        "acpi_cpufreq", "pcspkr", "joydev", "serio_raw", "ahci", "libahci", "sr_mod", "cdrom", "floppy",
-        "bochs", "drm", "intel_rapl_msr", "intel_rapl_common",
+        "kvm", "kvm_amd", "kvm_intel", "cfg80211", "lpc_ich", "i2c_i801", "i2c_smbus", "i2c_piix4",
+        "powernow_k8", "acpi_cpufreq", "pcspkr", "joydev", "serio_raw", "evdev", "button", "ahci",
+        "libahci", "ata_piix", "ata_generic", "pata_acpi", "sr_mod", "cdrom", "floppy", "bochs", "drm",
+        "intel_rapl_msr", "intel_rapl_common", "sha1_ssse3", "sha256_ssse3", "sha512_ssse3",
     )
 )  # fmt: skip
 
@@ -353,8 +356,7 @@ def ensure(settings: Settings, progress: Callable[[str], None]) -> Image:
 
 def _build(settings: Settings, data: dict, image: Image) -> None:
     build = image.dir.with_name(f".build-{image.hash}")
-    if build.exists():
-        shutil.rmtree(build)
+    remove_tree(build)  # what a killed build left, its /proc and /sys mounts included
     build.mkdir(parents=True)
     rootfs = build / "rootfs"
     log = image.dir.with_name(f"build-{image.hash}.log")
@@ -402,8 +404,8 @@ def _build(settings: Settings, data: dict, image: Image) -> None:
     )
     (build / "base.raw").chmod(0o444)  # the shared backing file of every VM overlay: never written
     (build / "recipe.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    if image.dir.exists():
-        shutil.rmtree(image.dir)
+    unmount_under(rootfs)
+    remove_tree(image.dir)
     build.rename(image.dir)
 
 
@@ -427,7 +429,8 @@ def _customise(rootfs: Path, files: dict[str, str], hint: str) -> None:
     # Timers that would take the dpkg lock in the middle of a role run and hit the proxy for nothing, and
     # e2scrub_reap, which costs 15 s of a TCG boot to find no snapshots.
     masked = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service"]
-    masked += ["systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "modprobe@drm.service"]
+    masked += ["systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount"]
+    masked += ["modprobe@drm.service", "modprobe@efi_pstore.service"]
     # No per-user systemd manager: starting one held up the first SSH login by ~7 s under TCG, and no
     # role uses `systemctl --user`. No getty on tty1: VMs have no screen (the serial console keeps one).
     masked += ["user@.service", "getty@tty1.service"]
@@ -461,7 +464,7 @@ def prune(settings: Settings, keep: set[str]) -> list[str]:
     root = images_dir(settings)
     for path in root.iterdir() if root.is_dir() else []:
         if path.is_dir() and not path.name.startswith(".") and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             path.with_name(f"build-{path.name}.log").unlink(missing_ok=True)
             removed.append(path.name)
     return removed

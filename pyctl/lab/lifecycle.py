@@ -9,10 +9,10 @@ lab name with a file lock.
 
 from __future__ import annotations
 
-import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +37,7 @@ from pyctl.lab.model import (
     subnet_for,
     used_subnets,
 )
+from pyctl.lab.mounts import remove_tree, unmount_under
 
 Progress = Callable[[str], None]
 
@@ -123,6 +124,8 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
 def _check_foreign(settings: Settings, name: str) -> None:
     """Namespaces named like this lab with no state file: ours (crash leftovers) are removed, others clash."""
     directory = lab_dir(settings, name)
+    if directory.exists():  # a lab directory without a readable state file: a run that died early
+        _teardown(settings, name, None)
     for ns in network.lab_namespaces(name):
         if network.owned_by(ns, directory):
             _teardown(settings, name, None)
@@ -147,8 +150,7 @@ def _allocate_subnet(settings: Settings, name: str) -> str:
 
 def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Progress) -> Lab:
     directory = lab_dir(settings, spec.name)
-    if directory.exists():
-        shutil.rmtree(directory)
+    remove_tree(directory)
     directory.mkdir(parents=True, mode=0o700)
     directory.chmod(0o700)
     with locked(settings.labs_dir / ".locks" / ".subnets"):
@@ -182,6 +184,9 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
 
 
 def _wait_all(lab: Lab, module: ModuleType) -> None:
+    """Wait for every host in parallel; the first failure is raised at once and stops the other waits."""
+    failed = threading.Event()
+
     def wait(host: Any) -> None:
         ssh.wait_ready(
             lab,
@@ -189,12 +194,19 @@ def _wait_all(lab: Lab, module: ModuleType) -> None:
             timeout=module.BOOT_TIMEOUT,
             systemd=module.SYSTEMD,
             console_log=module.console_log(lab, host),
-            alive=lambda: module.pid(lab, host) is not None,
+            alive=lambda: not failed.is_set() and module.pid(lab, host) is not None,
         )
 
-    with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
-        for future in [pool.submit(wait, host) for host in lab.hosts]:
+    pool = ThreadPoolExecutor(max_workers=min(8, lab.nodes))
+    try:
+        futures = [pool.submit(wait, host) for host in lab.hosts]
+        for future in as_completed(futures):
             future.result()
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- status -----------------------------------------------------------------------------------------
@@ -350,9 +362,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
             break
 
     # Mounts under the lab directory (none are expected: container roots are mounted in private namespaces).
-    for mount_point in _mounts_under(directory):
-        processes.run(["umount", "-l", mount_point], check=False, timeout=60)
-        result.mounts += 1
+    result.mounts = unmount_under(directory)
     for ns in namespaces:
         if network.delete(ns):
             result.namespaces += 1
@@ -363,27 +373,10 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
         from pyctl.lab import aptcache
 
         aptcache.release(settings, name)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
+    remove_tree(directory)
     return result
 
 
 def _in_any(pid: int, namespaces: list[str]) -> bool:
     inodes = {network.inode(ns) for ns in namespaces}
     return processes.ns_inode(f"/proc/{pid}/ns/net") in inodes
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory) + "/"
-    found = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 4:
-            point = parts[4].replace("\\040", " ")
-            if point.startswith(prefix) or point == str(directory):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)

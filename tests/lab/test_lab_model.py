@@ -136,12 +136,17 @@ def test_down_without_root_is_refused(monkeypatch, capsys):
 
 def test_leftover_scan_does_not_confuse_labs_sharing_a_prefix(tmp_path):
     import subprocess
+    import time
 
     from pyctl.lab import processes
 
     other = tmp_path / "labs" / "t12"
     proc = subprocess.Popen(["sh", "-c", "sleep 60", f"{other}/hosts/node1/sshd_config"])
     try:
+        deadline = time.monotonic() + 10
+        while "sleep 60" not in processes.cmdline(proc.pid):  # Popen returns before the child's exec
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert proc.pid in processes.pids_mentioning(other)
         assert proc.pid not in processes.pids_mentioning(tmp_path / "labs" / "t1")
     finally:

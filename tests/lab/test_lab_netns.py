@@ -115,6 +115,12 @@ def test_up_twice_is_a_no_op_and_status_reports_health(lab):
         ("node2", my_lab.hosts[1].address, "netns"),
     ]
 
+    # Only the gpu marks differ: the inventory is rewritten, the hosts are left alone.
+    marked = up(LabSpec(name=my_lab.name, nodes=2, kind="netns", gpu_nodes=1))
+    assert not marked.changed
+    assert [h.gpu for h in inventory.check(my_lab.inventory_path).cluster.hosts] == [False, True]
+    assert [h.pid for h in status(my_lab.name).hosts] == pids
+
     os.kill(pids[1], signal.SIGKILL)
     _wait(lambda: not processes.alive(pids[1]))
     report = status(my_lab.name)
@@ -144,7 +150,7 @@ def test_down_cleans_up_after_a_crash(lab):
     for host in my_lab.hosts:
         pid = processes.read_pid(my_lab.host_dir(host) / "sshd.pid")
         os.kill(pid, signal.SIGKILL)
-    stray = subprocess.Popen(["ip", "netns", "exec", my_lab.hosts[1].namespace, "sleep", "600"])
+    stray = _stray_in(my_lab.hosts[1].namespace)
     my_lab.phase = "creating"
     my_lab.save()
     down(my_lab.name)
@@ -161,7 +167,7 @@ def test_down_cleans_up_a_half_made_lab_without_state(lab, lab_name):
     network.create_host_namespaces(
         f"pyctl-{name}", [network.HostLink(f"pyctl-{name}.node1", "v-node1", "10.213.250.11")], 24, directory
     )
-    stray = subprocess.Popen(["ip", "netns", "exec", f"pyctl-{name}", "sleep", "600"])
+    stray = _stray_in(f"pyctl-{name}")
     try:
         result = down(name)
         assert result.existed and result.namespaces == 2
@@ -233,6 +239,14 @@ def get_settings():
     from pyctl.config import load_settings
 
     return load_settings()
+
+
+def _stray_in(namespace: str) -> subprocess.Popen:
+    """A process left running inside `namespace` (once it is really in there: Popen returns earlier)."""
+    stray = subprocess.Popen(["ip", "netns", "exec", namespace, "sleep", "600"])
+    inode = network.inode(namespace)
+    _wait(lambda: processes.ns_inode(f"/proc/{stray.pid}/ns/net") == inode)
+    return stray
 
 
 def _wait(condition, timeout: float = 10.0) -> None:
