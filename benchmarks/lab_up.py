@@ -78,12 +78,8 @@ def bench_kind(kind: str, nodes: int, runs: int, with_converge: bool = False) ->
                     started = time.monotonic()
                     converge(lab)
                     took = time.monotonic() - started
-                    report.append(
-                        f"{'':9} containerd + nfs-kernel-server installed on every host in {took:.0f} s"
-                    )
-                    report += [
-                        line.replace("idle after boot", "after the installs") for line in memory(kind, lab)
-                    ]
+                    report.append(f"{'':9} containerd + nfs-kernel-server installed on every host in {took:.0f} s")
+                    report += [line.replace("idle after boot", "after the installs") for line in memory(kind, lab)]
         finally:
             down(name)
     median = statistics.median(times)
@@ -145,9 +141,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3, help="runs for netns and container (vm: 1)")
     parser.add_argument("--build", action="store_true", help="also time image builds (slow)")
-    parser.add_argument(
-        "--converge", action="store_true", help="also measure memory after installing packages"
-    )
+    parser.add_argument("--converge", action="store_true", help="also measure memory after installing packages")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/lab_up.py needs root", file=sys.stderr)
