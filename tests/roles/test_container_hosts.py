@@ -30,6 +30,19 @@ def inventory(container_lab, tmp_path_factory):
     return inventory_variant(container_lab, tmp_path_factory.mktemp("inv"), without_nfs_server)
 
 
+def test_check_mode_on_fresh_hosts_reports_changes_and_changes_nothing(container_lab, inventory, state):
+    run = bootstrap(inventory, state, "--phases", PHASES, "--check")
+    assert run.returncode == 0, run.output
+    assert all(run.per_host("changed").get(h.name, 0) > 0 for h in container_lab.hosts), run.output
+    out = container_lab.ssh(
+        "node2",
+        "dpkg -s containerd >/dev/null 2>&1 && echo installed;"
+        " ls /etc/sysctl.d/99-zz-pyctl-kubernetes.conf 2>&1; id pyctl 2>&1",
+        check=False,
+    ).stdout
+    assert "installed" not in out and "No such file" in out and "no such user" in out, out
+
+
 def test_phases_converge_on_containers_where_the_facts_hold_and_rerun_changes_nothing(container_lab, inventory, state):
     first = bootstrap(inventory, state, "--phases", PHASES)
     assert first.returncode == 0, first.output
