@@ -164,7 +164,7 @@ def resolve_peers(names: list[str], timeout: float) -> list[str]:
     """Each name's IPv4 address, retrying (every second) while records are missing, for at most `timeout` s."""
     started = time.monotonic()
     found: dict[str, str] = {}
-    last_report = started
+    last_report = started - 10  # say so at the first miss, then every 10 s
     while True:
         errors = {}
         for name in names:
@@ -424,7 +424,7 @@ def launch(  # noqa: PLR0917 - one call site, each argument named there
         emit(line)
         watch(line)
     code = child.wait()
-    if code != 0:
+    if code != 0 and _state["signal"] is None:  # stopped by a signal: the cause is elsewhere (or a cancel)
         cause = causes[0] if causes else f"launch.py exited with code {code}"
         emit(f"{ERROR_PREFIX}machine {index} ({HOST}): {cause}")
     return code if code >= 0 else 128 - code
