@@ -91,19 +91,21 @@ def test_missing_graph_file_is_exit_2_before_anything_starts(distdgl_lab):
     assert set((distdgl_lab.state_dir / "jobs").glob("*")) == jobs_before, "nothing was recorded or started"
 
 
-def _start_detached(distdgl_lab) -> str:
+def _start_detached(distdgl_lab, until: str, count: int = 1) -> str:
+    """Start a long job without --follow; return once `until` is in its log `count` times."""
     run = distdgl_lab.distdgl(*GRAPH, *LONG_TRAINING)
     assert run.returncode == 0, str(run)
     job_id = run.stdout.strip().splitlines()[-1]
     log = distdgl_lab.state_dir / "jobs" / job_id / "output.log"
-    wait_for(lambda: '"event": "epoch"' in log.read_text(), 240, "the first epoch")
+    wait_for(lambda: log.read_text().count(until) >= count, 240, f"{until!r} in the job's log")
     return job_id
 
 
 def test_cancel_stops_every_process_group_on_every_host(distdgl_lab):
-    job_id = _start_detached(distdgl_lab)
+    """Cancelled once both machines' servers listen and both have started their trainers."""
+    job_id = _start_detached(distdgl_lab, "started 1 trainer(s) via torchrun", count=2)
     running = distdgl_lab.leftovers()
-    assert any("port 30050 still listening" in line for line in running), "servers are up on both hosts"
+    assert sum("port 30050 still listening" in line for line in running) == 2, "servers are up on both hosts"
     assert sum("distdgl_startup.py" in line for line in running) == 2
     cancel = pyctl(distdgl_lab.state_dir, "train", "cancel", job_id, check_rc=0)
     assert "cancelled" in cancel.stderr
@@ -113,7 +115,7 @@ def test_cancel_stops_every_process_group_on_every_host(distdgl_lab):
 
 
 def test_a_crashed_trainer_fails_the_job_and_stops_every_host(distdgl_lab):
-    job_id = _start_detached(distdgl_lab)
+    job_id = _start_detached(distdgl_lab, '"event": "epoch"')  # both machines are training
     node2 = next(h for h in distdgl_lab.lab.hosts if h.name == "node2")
     inode = os.stat(f"/run/netns/{node2.namespace}").st_ino
     workers = []
