@@ -285,6 +285,111 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     raise typer.Exit(run_ddp(request, render, follow))
 
 
+@train_app.command("distdgl", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
+    ctx: typer.Context,
+    inventory: InventoryOpt,
+    backend: Annotated[str, typer.Option("--backend", help="k8s (an Indexed Job) or ssh.")] = "k8s",
+    graph: Annotated[
+        str | None,
+        typer.Option("--graph", help="citeseer, cora, pubmed, ogbn-products (downloaded) or synthetic (default)."),
+    ] = None,
+    graph_path: Annotated[
+        str | None, typer.Option("--graph-path", help="A dgl.save_graphs file on the hosts (k8s: on the share).")
+    ] = None,
+    synthetic_nodes: Annotated[
+        int | None, typer.Option("--synthetic-nodes", help="--graph synthetic: nodes (default 4000).")
+    ] = None,
+    part_method: Annotated[str, typer.Option("--part-method", help="metis or random.")] = "metis",
+    num_parts: Annotated[
+        int | None, typer.Option("--num-parts", help="Partitions = machines (default: every host or node).")
+    ] = None,
+    num_trainers: Annotated[int, typer.Option("--num-trainers", help="Trainer processes per machine.")] = 1,
+    num_samplers: Annotated[int, typer.Option("--num-samplers", help="Sampler processes per trainer.")] = 0,
+    num_servers: Annotated[int, typer.Option("--num-servers", help="DGL servers per machine.")] = 1,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Seeds per batch and trainer (256).")] = None,
+    fanouts: Annotated[str | None, typer.Option("--fanouts", help="Neighbours sampled per layer (10,10).")] = None,
+    eval_fanouts: Annotated[
+        str | None, typer.Option("--eval-fanouts", help="For validation and test; -1 = all (--eval-fanouts=-1,-1).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.01).")] = None,
+    port: Annotated[int, typer.Option("--port", help="First DGL server port (server s: port + s).")] = 30050,
+    peer_timeout: Annotated[
+        float, typer.Option("--peer-timeout", help="Seconds for peers to resolve and to meet before failing.")
+    ] = 45.0,
+    partition_timeout: Annotated[
+        float, typer.Option("--partition-timeout", help="Seconds machines wait for machine 0's partition.")
+    ] = 3600.0,
+    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")] = None,
+    hosts: Annotated[
+        str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, machine 0 first.")
+    ] = None,
+    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")] = None,
+    ssh_key: Annotated[
+        Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", help="ssh: interpreter with dgl on the hosts (distdgl_python).")
+    ] = None,
+    iface: Annotated[str | None, typer.Option("--iface", help="Interface for gloo (default: the address's).")] = None,
+    check_env: Annotated[bool, typer.Option("--check-env", help="ssh: check dgl imports on every host first.")] = False,
+    shared_path: Annotated[
+        str | None, typer.Option("--shared-path", help="ssh: a folder every host shares (default /mnt/pyctl).")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="k8s: the payload image (default pyctl-distdgl:cpu).")
+    ] = None,
+    namespace: Annotated[str, typer.Option("--namespace", help="k8s namespace.")] = "default",
+    claim: Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")] = "pyctl-shared",
+    claim_mount: Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")] = "/mnt/pyctl-shared",
+    render: Annotated[
+        Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")
+    ] = False,
+) -> None:
+    """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
+    from pyctl.commands.train import run_distdgl
+    from pyctl.train.distdgl import DistDglRequest
+
+    request = DistDglRequest(
+        inventory=inventory,
+        backend=backend,
+        graph=graph,
+        graph_path=graph_path,
+        synthetic_nodes=synthetic_nodes,
+        part_method=part_method,
+        num_parts=num_parts,
+        num_trainers=num_trainers,
+        num_samplers=num_samplers,
+        num_servers=num_servers,
+        epochs=epochs,
+        batch_size=batch_size,
+        fanouts=fanouts,
+        eval_fanouts=eval_fanouts,
+        lr=lr,
+        train_args=tuple(ctx.args),
+        port=port,
+        peer_timeout=peer_timeout,
+        partition_timeout=partition_timeout,
+        env=tuple(env or ()),
+        hosts=tuple(h.strip() for h in (hosts or "").split(",") if h.strip()),
+        ssh_user=ssh_user,
+        ssh_key=ssh_key,
+        python=python,
+        iface=iface,
+        check_env=check_env,
+        shared_path=shared_path,
+        image=image,
+        namespace=namespace,
+        claim=claim,
+        claim_mount=claim_mount,
+    )
+    raise typer.Exit(run_distdgl(request, render, follow))
+
+
 @train_app.command("setup")
 def train_setup(
     inventory: InventoryOpt,

@@ -57,6 +57,89 @@ def _write_render(render_dir: Path, files: dict[str, str]) -> None:
         _out(str(render_dir / name))
 
 
+# --- pyctl train distdgl ----------------------------------------------------------------------------
+
+
+def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = False) -> int:
+    """Partition a graph and train DistDGL GraphSAGE: every machine runs the start-up step, then launch.py."""
+    from pyctl.train import distdgl
+
+    settings = load_settings()
+    cluster = inventory.load(request.inventory, cache_dir=settings.state_dir / "cache" / "inventory")
+    job = distdgl.resolve(request, cluster, settings.project_dir)
+    job_id = new_job_id("distdgl")
+    if render_dir is not None:
+        _check_render_dir(render_dir)
+    if request.backend == "ssh":
+        return _run_distdgl_ssh(settings, cluster, job, job_id, render_dir, follow)
+    documents = distdgl.render_k8s(job, job_id)
+    if render_dir is not None:
+        _write_render(render_dir, {f"{name}.yaml": text for name, text in documents.items()})
+        return ExitCode.OK
+    kubeconfig = _kubeconfig(settings, cluster, request.inventory)
+    record = JobRecord(
+        id=job_id,
+        workload="distdgl",
+        backend="k8s",
+        created=time.time(),
+        nodes=[NodeRecord(rank=i, name=f"{job_id}-{i}") for i in range(job.num_parts)],
+        options=job.options,
+        k8s={"kubeconfig": str(kubeconfig), "namespace": request.namespace, "kind": "indexed-job", "name": job_id},
+    )
+    return _submit_k8s(settings, record, documents, follow)
+
+
+def _run_distdgl_ssh(  # noqa: PLR0917 - one call site, each argument named there
+    settings: Settings,
+    cluster: inventory.Cluster,
+    job: Any,
+    job_id: str,
+    render_dir: Path | None,
+    follow: bool,
+) -> int:
+    from pyctl import remote
+    from pyctl.train import distdgl, sshjob
+
+    launches = distdgl.ssh_launches(job, job_id, settings.project_dir)
+    if render_dir is not None:
+        files = {distdgl.SPEC_NAME: distdgl.spec_text(job, job_id, python=None)}
+        for launch in launches:
+            files[f"{launch.rank}-{launch.host}.sh"] = (
+                f"#!/bin/sh\n# pyctl train distdgl {job_id}: machine {launch.rank} of {job.num_parts}, host "
+                f"{launch.host} ({launch.address}).\n# The job directory holds {', '.join(sorted(launch.files))};"
+                " pyctl runs this under hostwrap.py (one process group, stopped as a whole).\n"
+                f"{launch.shell()}\n"
+            )
+        _write_render(render_dir, files)
+        return ExitCode.OK
+    user, keys = _ssh_identity(settings, cluster, job.request)
+    targets = [remote.target_for(h, user=user, key_files=keys) for h in job.hosts]
+    versions = distdgl.preflight(job, targets, job_id)
+    if job.request.check_env:
+        _say("dgl on each host: " + ", ".join(f"{h}={v}" for h, v in versions.items()))
+    pythons = distdgl.pythons(job)
+    record = JobRecord(
+        id=job_id,
+        workload="distdgl",
+        backend="ssh",
+        created=time.time(),
+        nodes=[
+            NodeRecord(rank=i, name=h.name, address=a)
+            for i, (h, a) in enumerate(zip(job.hosts, job.addresses, strict=True))
+        ],
+        options=job.options,
+        ssh={
+            "user": user,
+            "targets": [sshjob.target_to_dict(t) for t in targets],
+            "wrapper_python": pythons[job.hosts[0].name],
+            "grace_s": job.request.grace_s,
+        },
+    )
+    r = job.request
+    processes = f"{r.num_servers} server(s) and {r.num_trainers} trainer(s) per host"
+    return _start_ssh_job(settings, record, launches, processes, follow)
+
+
 # --- SSH ----------------------------------------------------------------------------------------------
 
 
@@ -123,7 +206,6 @@ def _run_ssh(  # noqa: PLR0917 - one call site, each argument named there
     if job.request.check_env:
         _say("torch on each host: " + ", ".join(f"{h}={v}" for h, v in versions.items()))
 
-    store = JobStore(settings)
     record = JobRecord(
         id=job_id,
         workload="ddp",
@@ -138,17 +220,26 @@ def _run_ssh(  # noqa: PLR0917 - one call site, each argument named there
             "grace_s": job.request.grace_s,
         },
     )
+    processes = f"{job.world_size} process(es)"
+    return _start_ssh_job(settings, record, launches, processes, follow)
+
+
+def _start_ssh_job(settings: Settings, record: JobRecord, launches: list[Any], processes: str, follow: bool) -> int:
+    """Record an SSH job, start its detached supervisor, and return its id or follow it (any workload)."""
+    from pyctl.train import sshjob
+
+    store = JobStore(settings)
     job_dir = store.create(record)
     sshjob.write_launches(job_dir, launches)
     pid = _spawn_supervisor(job_dir)
-    store.update(job_id, lambda rec: setattr(rec, "supervisor_pid", pid))
-    hosts = ", ".join(f"{h.name}" for h in job.hosts)
-    _say(f"job {job_id} started on {job.nodes} host(s) ({hosts}), {job.world_size} process(es)")
+    store.update(record.id, lambda rec: setattr(rec, "supervisor_pid", pid))
+    hosts = ", ".join(node.name for node in record.nodes)
+    _say(f"job {record.id} started on {len(record.nodes)} host(s) ({hosts}), {processes}")
     if not follow:
-        _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
-        _out(job_id)
+        _say(f"follow it: pyctl train logs {record.id} --follow; stop it: pyctl train cancel {record.id}")
+        _out(record.id)
         return ExitCode.OK
-    return _follow(store, job_id)
+    return _follow(store, record.id)
 
 
 def _spawn_supervisor(job_dir: Path) -> int:
@@ -199,9 +290,15 @@ def _follow(store: JobStore, job_id: str) -> int:
     return _report_end(record)
 
 
-def _report_end(record: JobRecord) -> int:
+def _accuracy(record: JobRecord) -> float | None:
+    """The payload's test accuracy: `test_accuracy` (DDP) or `test_acc` (DistDGL)."""
     summary = record.summary or {}
-    accuracy = summary.get("test_accuracy")
+    value = summary.get("test_accuracy", summary.get("test_acc"))
+    return value if isinstance(value, (int, float)) else None
+
+
+def _report_end(record: JobRecord) -> int:
+    accuracy = _accuracy(record)
     extra = f"; test accuracy {accuracy}" if accuracy is not None else ""
     _say(f"job {record.id} {record.state}: {record.message}{extra}")
     return int(record.exit_code if record.exit_code is not None else 1)
@@ -238,20 +335,13 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
     render_dir: Path | None,
     follow: bool,
 ) -> int:
-    from pyctl.train import k8s, manifests
+    from pyctl.train import manifests
 
     documents = manifests.render_ddp(job, job_id)
     if render_dir is not None:
         _write_render(render_dir, {f"{name}.yaml": text for name, text in documents.items()})
         return ExitCode.OK
-    kubeconfig = settings.kubeconfig(cluster.name)
-    if not kubeconfig.is_file():
-        raise UsageError(
-            f"no kubeconfig for cluster {cluster.name} at {kubeconfig}",
-            hint=f"run 'pyctl bootstrap -i {job.request.inventory}' first (it fetches the admin kubeconfig)",
-        )
-    store = JobStore(settings)
-    client = k8s.Client(kubeconfig)
+    kubeconfig = _kubeconfig(settings, cluster, job.request.inventory)
     record = JobRecord(
         id=job_id,
         workload="ddp",
@@ -266,18 +356,38 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "name": job_id,
         },
     )
+    return _submit_k8s(settings, record, documents, follow)
+
+
+def _kubeconfig(settings: Settings, cluster: inventory.Cluster, inventory_path: Path) -> Path:
+    kubeconfig = settings.kubeconfig(cluster.name)
+    if not kubeconfig.is_file():
+        raise UsageError(
+            f"no kubeconfig for cluster {cluster.name} at {kubeconfig}",
+            hint=f"run 'pyctl bootstrap -i {inventory_path}' first (it fetches the admin kubeconfig)",
+        )
+    return kubeconfig
+
+
+def _submit_k8s(settings: Settings, record: JobRecord, documents: dict[str, str], follow: bool) -> int:
+    """Record a Kubernetes job, submit its manifests, and return its id or follow it (any workload)."""
+    from pyctl.train import k8s
+
+    store = JobStore(settings)
+    client = k8s.Client(Path(record.k8s["kubeconfig"]))
+    job_id, namespace = record.id, record.k8s["namespace"]
     job_dir = store.create(record)
     (job_dir / "manifests").mkdir(mode=0o700)
     for name, text in documents.items():
         (job_dir / "manifests" / f"{name}.yaml").write_text(text, encoding="utf-8")
     try:
-        client.submit(documents, job.request.namespace)
+        client.submit(documents, namespace)
     except k8s.KubeError as exc:
         reason = f"submit failed: {exc.message}"
         store.update(job_id, lambda rec: _fail(rec, reason))
         raise
     store.update(job_id, lambda rec: setattr(rec, "state", "running"))
-    _say(f"job {job_id} submitted: {job.request.kind} {job_id} in namespace {job.request.namespace}")
+    _say(f"job {job_id} submitted: {record.k8s['kind']} {job_id} in namespace {namespace}")
     if not follow:
         _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
         _out(job_id)
@@ -354,7 +464,7 @@ def run_status(name: str | None, as_json: bool) -> int:
     for column in ("job", "backend", "nodes", "state", "exit", "accuracy", "started"):
         table.add_column(column)
     for rec in records:
-        accuracy = (rec.summary or {}).get("test_accuracy")
+        accuracy = _accuracy(rec)
         table.add_row(
             rec.id,
             rec.backend,

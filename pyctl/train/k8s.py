@@ -194,8 +194,12 @@ class Client:
         merged = logs.MergedLog(Path("/dev/null"), echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
+        errors: list[str] = []
 
         def on_line(line: str) -> None:
+            if line.startswith(logs.ERROR_PREFIX):
+                errors.append(line[len(logs.ERROR_PREFIX) :].strip())
+                return
             parsed = logs.parse_summary(line)
             if parsed is not None:
                 summary.update(parsed)
@@ -225,6 +229,8 @@ class Client:
                 for thread in found.values():
                     thread.join(timeout=30)
                 outcome.summary = summary or None
+                if outcome.state == "failed" and errors:
+                    outcome.message += f" ({errors[0]})"
                 merged.close()
                 return outcome
             time.sleep(poll)

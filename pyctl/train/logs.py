@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 SUMMARY_PREFIX = "PYCTL_SUMMARY "
+ERROR_PREFIX = "PYCTL_ERROR "  # a node names why it failed (one line); the job's message quotes the first
 
 
 class MergedLog:

@@ -179,6 +179,7 @@ class _Node:
         self.exit_code: int | None = None
         self.finished_at: float | None = None
         self.pgid: int | None = None
+        self.error: str | None = None  # the first `PYCTL_ERROR <cause>` line the host printed
 
 
 class Supervisor:
@@ -271,6 +272,9 @@ class Supervisor:
                 node.pgid = int(line[len(PGID_LINE) :].split(maxsplit=1)[0])
                 self._record_pgids(nodes)
                 return
+            if node.error is None and line.startswith(logs.ERROR_PREFIX):
+                node.error = line[len(logs.ERROR_PREFIX) :].strip()
+                return
             summary = logs.parse_summary(line)
             if summary is not None:
                 self.summary = summary
@@ -361,7 +365,8 @@ class Supervisor:
             first = failed[0]
             state, code = "failed", int(first.exit_code or 1)
             what = "lost its SSH connection" if code == LOST_EXIT else f"failed with exit code {code}"
-            message = f"host {first.launch.host} {what}; the other hosts were stopped"
+            cause = f" ({first.error})" if first.error else ""
+            message = f"host {first.launch.host} {what}{cause}; the other hosts were stopped"
         elif any(n.exit_code is None for n in nodes):
             state, code, message = "failed", 1, self.stop_reason or "not every host started"
         else:

@@ -13,7 +13,9 @@ would do for the parts of the pod spec pyctl relies on, and nothing else:
 - the pod's own /etc/hosts as the kubelet writes it (`<pod IP> <fqdn> <hostname>`), plus what the
   headless Service's DNS would answer for every pod of the job (`<job>-<j>.<svc>` and its FQDN) -
   published for all pods at once, before any of them listens (publishNotReadyAddresses), and pod 0
-  is started last, so peers meet the race the manifests must survive;
+  is started last, so peers meet the race the manifests must survive; `dns_delays` holds a pod's
+  record back from the others for a while (or for ever: None), as cluster DNS does until the pod has
+  an address (the pods' hosts files are rewritten in place, so a running pod sees the record appear);
 - volumes: persistentVolumeClaim -> a host folder you map, emptyDir medium Memory -> a private tmpfs,
   configMap -> its data as files; the image's paths (e.g. /opt/pyctl/ddp) -> host folders you map,
   and the image's PATH;
@@ -85,6 +87,7 @@ class KubeletStandin:
         configmaps: dict[str, dict[str, str]] | None = None,
         workdir: Path,
         master_delay_s: float = 3.0,
+        dns_delays: dict[int, float | None] | None = None,
     ) -> None:
         assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
         self.job = job
@@ -100,6 +103,9 @@ class KubeletStandin:
         self.configmaps = configmaps or {}
         self.workdir = workdir
         self.master_delay_s = master_delay_s
+        self.dns_delays = dict(dns_delays or {})
+        self._published = {i for i in range(int(job["spec"]["completions"])) if i not in self.dns_delays}
+        self._started_at = time.monotonic()
         self.stopped_for: str | None = None
         self.pods = [
             Pod(
@@ -123,6 +129,8 @@ class KubeletStandin:
         lines.append(f"{pod.ip}\t{self.fqdn(pod)}\t{pod.hostname}")
         # Cluster DNS for the headless Service (publishNotReadyAddresses: every pod, ready or not).
         for other in self.pods:
+            if other is not pod and other.index not in self._published:
+                continue
             if other is not pod:
                 lines.append(f"{other.ip}\t{self.fqdn(other)}\t{other.hostname}.{self.subdomain}")
             else:
@@ -195,8 +203,10 @@ class KubeletStandin:
         for kind, value in self._mounts(pod, container):
             target = value.split("\0")[-1]
             top = "/" + target.strip("/").split("/")[0]
-            # Paths the image has but this machine does not: a private tmpfs over their top folder.
+            # Paths the image has but this machine does not: a private tmpfs over their top folder (made,
+            # empty, when this machine lacks even that, like the DistDGL image's /app).
             if top not in ("/dev", "/etc") and top not in covered and not Path(target).exists():
+                lines.append(f"mkdir -p {shlex.quote(top)}")
                 lines.append(f"mount -t tmpfs pod-{top.strip('/')} {shlex.quote(top)}")
                 covered.add(top)
             lines.append(f"mkdir -p {shlex.quote(target)}")
@@ -234,14 +244,34 @@ class KubeletStandin:
         log.close()
         pod.started = time.monotonic()
 
+    def _publish_due_records(self) -> None:
+        """Publish the DNS records whose delay is over: rewrite the started pods' hosts files in place."""
+        elapsed = time.monotonic() - self._started_at
+        due = {
+            i
+            for i, delay in self.dns_delays.items()
+            if i not in self._published and delay is not None and elapsed >= delay
+        }
+        if not due:
+            return
+        self._published |= due
+        for pod in self.pods:
+            if pod.process is not None:
+                (pod.workdir / "hosts").write_text(self.etc_hosts(pod), encoding="utf-8")  # same inode
+
     def run(self, timeout: float = 600) -> dict[int, int]:
         """Start every pod (index 0 last), apply the Job's gang rules, return each pod's exit code."""
+        self._started_at = time.monotonic()
         for pod in self.pods[1:]:
             self.start(pod)
-        time.sleep(self.master_delay_s)  # peers already resolve pod 0's name; its port is not open yet
+        # Peers already resolve pod 0's name; its port is not open yet.
+        while time.monotonic() - self._started_at < self.master_delay_s:
+            self._publish_due_records()
+            time.sleep(0.1)
         self.start(self.pods[0])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._publish_due_records()
             for pod in self.pods:
                 if pod.exit_code is None and pod.process is not None and pod.process.poll() is not None:
                     pod.exit_code = pod.process.returncode
