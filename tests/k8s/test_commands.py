@@ -317,10 +317,42 @@ def test_every_image_and_package_is_pinned():
         if artifact.kind == "image" and "," not in artifact.name:
             assert re.search(r":[\w.-]+$|@sha256:[0-9a-f]{64}$", artifact.name), artifact
             assert not artifact.name.endswith((":latest", ":master", ":main")), artifact
-        if artifact.kind == "package" and artifact.name != "kubernetes-cni":
+        # kubernetes-cni comes as kubelet's dependency; distribution packages follow the host's release.
+        if (
+            artifact.kind == "package"
+            and artifact.name != "kubernetes-cni"
+            and artifact.source != "the distribution mirror"
+        ):
             assert re.match(r"^\d+\.\d+\.\d+-[\d.]+$", artifact.version), artifact
         if artifact.kind == "manifest":
             assert re.search(r"/v\d+\.\d+\.\d+/", artifact.source) and "sha256:" in artifact.checksum, artifact
+
+
+def test_node_roles_list_what_they_install_and_follow_the_inventory():
+    listed = {(a.role, a.kind, a.name): a for a in artifacts.collect(ROOT / "roles")}
+    assert ("containerd", "package", "containerd") in listed
+    assert listed[("containerd", "image", "registry.k8s.io/pause:3.10.1")]
+    assert listed[("containerd", "package", "nvidia-container-toolkit")].version == "1.18.0-1"
+    assert ("nfs_server", "package", "nfs-kernel-server") in listed and (
+        "nfs_client",
+        "package",
+        "nfs-common",
+    ) in listed
+    docker = {
+        (a.kind, a.name): a
+        for a in artifacts.collect(
+            ROOT / "roles",
+            {
+                "containerd_source": "docker",
+                "containerd_docker_version": "2.1.5-1",
+                "containerd_nvidia_toolkit_install_enabled": False,
+            },
+        )
+        if a.role == "containerd"
+    }
+    assert docker[("package", "containerd.io")].version == "2.1.5-1"
+    assert ("apt-repository", "download.docker.com") in docker and ("package", "containerd") not in docker
+    assert not any("nvidia" in name for _, name in docker)
 
 
 def test_bootstrap_without_inventory_is_still_a_usage_error(capsys):
