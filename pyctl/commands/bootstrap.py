@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pyctl import console, inventory, phases, runner
+from pyctl.commands import playrun
 from pyctl.config import load_settings
-from pyctl.errors import ExitCode, HostsUnreachable, Interrupted, RunFailed, UsageError
-from pyctl.progress import LiveView, PlainView, RunState, failure_lines, recap_table
+from pyctl.errors import ExitCode, UsageError
 
 
 def _check_limit(cluster: inventory.Cluster, limit: str | None) -> None:
@@ -56,48 +55,22 @@ def run(
     _check_limit(cluster, limit)
     _check_netns_lab(cluster, selected)
 
-    cluster_dir = settings.clusters_dir / cluster.name
-    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir = runner.new_run_dir(settings, "bootstrap")
     playbook = phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
-    request = runner.RunRequest(
-        verb="bootstrap",
-        playbook=playbook,
-        inventory=cluster.path,
-        host_count=len(cluster.hosts),
+    mode = "check mode: nothing is changed" if check else "applying changes"
+    out = console.out()
+    out.print(f"pyctl bootstrap: {len(cluster.hosts)} host(s), phases {', '.join(selected)} ({mode})", markup=False)
+    outcome = playrun.run(
+        settings,
+        "bootstrap",
+        playbook,
+        cluster,
         limit=limit,
         check=check,
         verbosity=verbosity,
+        run_dir=run_dir,
         # Controller-side facts the playbooks need: where this cluster's kubeconfig and keys live.
-        extravars={"pyctl_cluster_name": cluster.name, "pyctl_cluster_dir": str(cluster_dir)},
+        extravars=playrun.cluster_extravars(settings, cluster),
     )
-    out = console.out()
-    state = RunState()
-    mode = "check mode: nothing is changed" if check else "applying changes"
-    out.print(f"pyctl bootstrap: {len(cluster.hosts)} host(s), phases {', '.join(selected)} ({mode})", markup=False)
-    view = LiveView(out, state) if out.is_terminal else PlainView(sys.stdout)
-
-    def on_event(event: dict) -> None:
-        view.update(state, state.apply(event))
-
-    with view:
-        outcome = runner.run_playbook(settings, request, on_event, run_dir=run_dir)
-
-    if state.hosts:
-        out.print(recap_table(state))
-    for line in failure_lines(state, outcome.log_path):
-        console.err().print(line, markup=False)
-
-    if outcome.status == "canceled":
-        raise Interrupted(f"bootstrap cancelled; the run so far is logged in {outcome.log_path}")
-    if state.unreachable_hosts:
-        raise HostsUnreachable(f"unreachable: {', '.join(state.unreachable_hosts)}", hint=f"log: {outcome.log_path}")
-    if state.failed_hosts:
-        raise RunFailed(f"failed on: {', '.join(state.failed_hosts)}", hint=f"log: {outcome.log_path}")
-    if outcome.rc != 0:
-        raise RunFailed(
-            f"ansible-playbook exited with {outcome.rc} before any host failed (status {outcome.status})",
-            hint=f"see {outcome.log_path}",
-        )
     out.print(f"bootstrap finished: phases {', '.join(selected)}; run directory {outcome.run_dir}", markup=False)
     return ExitCode.OK

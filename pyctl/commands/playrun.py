@@ -1,4 +1,5 @@
-"""Run one of pyctl's playbooks with live progress and the house failure report (for reset, node add)."""
+"""Run one of pyctl's playbooks with live progress and the house failure report (bootstrap, reset, node add,
+train setup)."""
 
 from __future__ import annotations
 
@@ -26,17 +27,20 @@ def run(
     cluster: inventory.Cluster,
     *,
     limit: str | None = None,
+    check: bool = False,
     extravars: dict[str, Any] | None = None,
     verbosity: int = 0,
     run_dir: Path | None = None,
+    host_count: int | None = None,
 ) -> runner.RunOutcome:
     """Run `playbook`; raise the matching RunFailed/HostsUnreachable/Interrupted when it did not succeed."""
     request = runner.RunRequest(
         verb=verb,
         playbook=playbook,
         inventory=cluster.path,
-        host_count=len(cluster.hosts),
+        host_count=len(cluster.hosts) if host_count is None else host_count,
         limit=limit,
+        check=check,
         verbosity=verbosity,
         extravars=dict(extravars or {}),
     )
@@ -54,7 +58,7 @@ def run(
     for line in failure_lines(state, outcome.log_path):
         console.err().print(line, markup=False)
     if outcome.status == "canceled":
-        raise Interrupted(f"{verb} cancelled; the run so far is logged in {outcome.log_path}")
+        raise Interrupted(f"{verb.replace('-', ' ')} cancelled; the run so far is logged in {outcome.log_path}")
     if state.unreachable_hosts:
         raise HostsUnreachable(f"unreachable: {', '.join(state.unreachable_hosts)}", hint=f"log: {outcome.log_path}")
     if state.failed_hosts:

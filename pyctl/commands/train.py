@@ -562,45 +562,24 @@ def run_cancel(name: str) -> int:
 def run_setup(inventory_path: Path, limit: str | None = None, check: bool = False, verbosity: int = 0) -> int:
     """Install the DDP payload's environment on the training hosts (playbooks/train_env.yml)."""
     from pyctl import runner
+    from pyctl.commands import playrun
     from pyctl.commands.bootstrap import _check_limit
-    from pyctl.errors import HostsUnreachable, Interrupted, RunFailed
-    from pyctl.progress import LiveView, PlainView, RunState, failure_lines, recap_table
 
     settings = load_settings()
     cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
     _check_limit(cluster, limit)
-    run_dir = runner.new_run_dir(settings, "train-setup")
-    request = runner.RunRequest(
-        verb="train-setup",
-        playbook=settings.playbooks_dir / "train_env.yml",
-        inventory=cluster.path,
-        host_count=len(cluster.nodes),
+    _say(f"installing the DDP payload's environment on {len(cluster.nodes)} host(s)")
+    playrun.run(
+        settings,
+        "train-setup",
+        settings.playbooks_dir / "train_env.yml",
+        cluster,
         limit=limit,
         check=check,
         verbosity=verbosity,
+        run_dir=runner.new_run_dir(settings, "train-setup"),
+        host_count=len(cluster.nodes),
         extravars={"pyctl_project_dir": str(settings.project_dir)},
     )
-    out = console.out()
-    state = RunState()
-    _say(f"installing the DDP payload's environment on {len(cluster.nodes)} host(s)")
-    view = LiveView(out, state) if out.is_terminal else PlainView(sys.stdout)
-
-    def on_event(event: dict) -> None:
-        view.update(state, state.apply(event))
-
-    with view:
-        outcome = runner.run_playbook(settings, request, on_event, run_dir=run_dir)
-    if state.hosts:
-        out.print(recap_table(state))
-    for line in failure_lines(state, outcome.log_path):
-        console.err().print(line, markup=False)
-    if outcome.status == "canceled":
-        raise Interrupted(f"train setup cancelled; the run so far is logged in {outcome.log_path}")
-    if state.unreachable_hosts:
-        raise HostsUnreachable(f"unreachable: {', '.join(state.unreachable_hosts)}", hint=f"log: {outcome.log_path}")
-    if state.failed_hosts:
-        raise RunFailed(f"failed on: {', '.join(state.failed_hosts)}", hint=f"log: {outcome.log_path}")
-    if outcome.rc != 0:
-        raise RunFailed(f"ansible-playbook exited with {outcome.rc}", hint=f"see {outcome.log_path}")
     _say("the environment is ready; pyctl train ddp --backend ssh uses it by default")
     return ExitCode.OK
