@@ -59,9 +59,9 @@ def wait(jobs, timeout):
     return codes, seconds, logs
 
 
-def assert_nothing_left(lab):
+def assert_nothing_left(lab, within: float = 10):
     for i in range(lab.count):
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + within
         while lab.pids(i) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in lab.pids(i)}
@@ -221,4 +221,6 @@ def test_killed_launcher_leaves_no_orphans(distdgl_python, netns_machines, two_p
     codes, _, logs = wait(jobs, timeout=FAIL_BOUND_S)
     assert codes[1] == -signal.SIGKILL
     assert codes[0] in (1, 4), logs[0][-3000:]
-    assert_nothing_left(lab)
+    # Nobody is left to escalate on machine 1: torchrun got SIGTERM from the kernel and takes up to its own
+    # 30 s SIGTERM-to-SIGKILL window to stop its trainer before it exits.
+    assert_nothing_left(lab, within=60)

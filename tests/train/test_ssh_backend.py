@@ -278,11 +278,17 @@ def test_cancel_from_another_process_stops_every_host(train_lab):
 
 def test_ctrl_c_while_following_cancels_the_job(train_lab):
     before = set((train_lab.state_dir / "jobs").glob("*"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pyctl", "train", "ddp", "-i", train_lab.inventory, "--backend", "ssh",
-         "--ssh-user", "root", "--python", str(DDP_PYTHON), "--epochs", "300", *FAST, "--follow"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(train_lab.state_dir),
-    )  # fmt: skip
+    # As from a terminal: pyctl starts with SIGINT not ignored, even when this test run was started in the
+    # background of a non-interactive shell (which starts its jobs with SIGINT ignored; exec keeps that).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyctl", "train", "ddp", "-i", train_lab.inventory, "--backend", "ssh",
+             "--ssh-user", "root", "--python", str(DDP_PYTHON), "--epochs", "300", *FAST, "--follow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(train_lab.state_dir),
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         wait_for(lambda: "epoch 1/300" in _new_job_log(train_lab.state_dir, before), 240, "the first epoch")
         process.send_signal(signal.SIGINT)
