@@ -33,6 +33,17 @@ app.add_typer(node_app, name="node")
 InventoryOpt = Annotated[
     Path, typer.Option("--inventory", "-i", help="Ansible inventory (INI or YAML).", show_default=False)
 ]
+# Options `pyctl train ddp` and `pyctl train distdgl` share, word for word.
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")]
+SshUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")]
+SshKeyOpt = Annotated[Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", help="k8s namespace.")]
+ClaimOpt = Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")]
+ClaimMountOpt = Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")]
+RenderOpt = Annotated[
+    Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
+]
+FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")]
 
 
 def _version(value: bool) -> None:
@@ -223,14 +234,12 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     kind: Annotated[str, typer.Option("--kind", help="k8s: indexed-job or pytorchjob (Kubeflow).")] = "indexed-job",
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="torchrun restarts of the whole job.")] = 0,
     master_port: Annotated[int, typer.Option("--master-port", help="torchrun's rendezvous port on node 0.")] = 29500,
-    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")] = None,
+    env: EnvOpt = None,
     hosts: Annotated[
         str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, node 0 first.")
     ] = None,
-    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")] = None,
-    ssh_key: Annotated[
-        Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")
-    ] = None,
+    ssh_user: SshUserOpt = None,
+    ssh_key: SshKeyOpt = None,
     python: Annotated[
         str | None, typer.Option("--python", help="ssh: interpreter with torch on the hosts (train_python).")
     ] = None,
@@ -238,15 +247,11 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     check_env: Annotated[
         bool, typer.Option("--check-env", help="ssh: check torch imports on every host first.")
     ] = False,
-    namespace: Annotated[str, typer.Option("--namespace", help="k8s namespace.")] = "default",
-    claim: Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")] = "pyctl-shared",
-    claim_mount: Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")] = "/mnt/pyctl-shared",
-    render: Annotated[
-        Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
-    ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")
-    ] = False,
+    namespace: NamespaceOpt = "default",
+    claim: ClaimOpt = "pyctl-shared",
+    claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
+    render: RenderOpt = None,
+    follow: FollowOpt = False,
 ) -> None:
     """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
     from pyctl.commands.train import run_ddp
@@ -321,14 +326,12 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     partition_timeout: Annotated[
         float, typer.Option("--partition-timeout", help="Seconds machines wait for machine 0's partition.")
     ] = 3600.0,
-    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")] = None,
+    env: EnvOpt = None,
     hosts: Annotated[
         str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, machine 0 first.")
     ] = None,
-    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")] = None,
-    ssh_key: Annotated[
-        Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")
-    ] = None,
+    ssh_user: SshUserOpt = None,
+    ssh_key: SshKeyOpt = None,
     python: Annotated[
         str | None, typer.Option("--python", help="ssh: interpreter with dgl on the hosts (distdgl_python).")
     ] = None,
@@ -340,15 +343,11 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     image: Annotated[
         str | None, typer.Option("--image", help="k8s: the payload image (default pyctl-distdgl:cpu).")
     ] = None,
-    namespace: Annotated[str, typer.Option("--namespace", help="k8s namespace.")] = "default",
-    claim: Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")] = "pyctl-shared",
-    claim_mount: Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")] = "/mnt/pyctl-shared",
-    render: Annotated[
-        Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
-    ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")
-    ] = False,
+    namespace: NamespaceOpt = "default",
+    claim: ClaimOpt = "pyctl-shared",
+    claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
+    render: RenderOpt = None,
+    follow: FollowOpt = False,
 ) -> None:
     """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
     from pyctl.commands.train import run_distdgl
