@@ -33,6 +33,25 @@ def interleaved(
     return times
 
 
+def paired(first: Sequence[str], second: Sequence[str], runs: int, env: dict[str, str] | None = None):
+    """Time `first` and `second` back to back `runs` times, alternating which goes first, after one
+    untimed warm-up each. Returns both lists of times, index i of each from the same pair, so that a
+    ratio per pair cancels load that comes and goes across the whole benchmark."""
+    env = dict(os.environ if env is None else env)
+    time_command(first, env)
+    time_command(second, env)
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            a.append(time_command(first, env))
+            b.append(time_command(second, env))
+        else:
+            b.append(time_command(second, env))
+            a.append(time_command(first, env))
+    return a, b
+
+
 def describe(name: str, samples: list[float]) -> str:
     return (
         f"{name:<28} median {statistics.median(samples):7.3f} s   min {min(samples):7.3f} s   "

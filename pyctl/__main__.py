@@ -1,5 +1,5 @@
-import sys
+"""`python -m pyctl`: the same as the `pyctl` console script."""
 
-from pyctl.cli import main
+from pyctl.cli import entry
 
-sys.exit(main())
+entry()

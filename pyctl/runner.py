@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyctl.config import Settings
-from pyctl.redact import contains_secret, scrub_in_place, scrub_text
+from pyctl.redact import contains_secret, may_contain_secret, scrub_in_place, scrub_text
 
 MAX_FORKS = 50
 _PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
@@ -133,7 +134,6 @@ def runner_environment(
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_DISPLAY_ARGS_TO_STDOUT": "False",
             "ANSIBLE_DEPRECATION_WARNINGS": "False",
-            "PYTHONUNBUFFERED": "1",
         }
     )
     return env
@@ -211,6 +211,30 @@ class _GracefulCancel:
         return now - self._sent_at > self.grace_seconds
 
 
+@contextmanager
+def _prompt_pty_close() -> Iterator[None]:
+    """ansible-runner closes ansible-playbook's pty only once the process has exited, and ptyprocess
+    then sleeps 0.1 s "to give the kernel time" before looking at a process that is already reaped.
+    For the length of one run, ansible-runner's spawns skip that sleep when the child is gone."""
+    import ansible_runner.runner as runner_module
+    import pexpect
+
+    class _Spawn(pexpect.spawn):
+        def close(self, force: bool = True) -> None:
+            if not self.ptyproc.isalive():
+                self.ptyproc.delayafterclose = 0
+            super().close(force=force)
+
+    shim = types.ModuleType("pexpect")
+    shim.__dict__.update(pexpect.__dict__)
+    shim.spawn = _Spawn  # type: ignore[attr-defined]
+    runner_module.pexpect = shim  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        runner_module.pexpect = pexpect  # type: ignore[attr-defined]
+
+
 def run_playbook(
     settings: Settings,
     request: RunRequest,
@@ -229,8 +253,16 @@ def run_playbook(
 
     graceful = _GracefulCancel(cancel)
 
+    events_dir = run_dir / "artifacts" / "ansible" / "job_events"
+
     def _handle(event: dict[str, Any]) -> bool:
-        scrub_in_place(event)  # before ansible-runner writes the event file
+        # Serialized once: the JSON text is searched for secret shapes (scrubbed only when one may be
+        # there) and written as the event's artifact, which ansible-runner is then told not to write.
+        text = json.dumps(event)
+        if may_contain_secret(text):
+            scrub_in_place(event)
+            text = json.dumps(event)
+        _write_event(events_dir, event, text)
         graceful.seen(event)
         counter["events"] += 1
         log.write_event(event)
@@ -240,7 +272,7 @@ def run_playbook(
                 for host, count in (data.get(key) or {}).items():
                     stats.setdefault(host, {})[key] = count
         on_event(event)
-        return True
+        return False
 
     cmdline = ["--check", "--diff"] if request.check else []
     kwargs: dict[str, Any] = {
@@ -256,6 +288,8 @@ def run_playbook(
         "cmdline": " ".join(cmdline) or None,
         "quiet": True,
         "rotate_artifacts": 0,
+        # Facts live for one run in ansible-playbook's memory: nothing reads a fact cache on disk.
+        "fact_cache_type": "memory",
         "event_handler": _handle,
         "cancel_callback": graceful,
         # ansible-runner reads these from `settings`, not from its keyword arguments.
@@ -265,7 +299,7 @@ def run_playbook(
     runner = ansible_runner.interface.init_runner(**kwargs)
     runner.config.env = runner_environment(settings, runner.config.env)
     try:
-        with _interrupt_sets(cancel):
+        with _interrupt_sets(cancel), _prompt_pty_close():
             runner.run()
     finally:
         log.close()
@@ -273,6 +307,16 @@ def run_playbook(
     status = "canceled" if runner.canceled or cancel.is_set() else str(runner.status)
     rc = int(runner.rc if runner.rc is not None else 1)
     return RunOutcome(run_dir, log.path, status, rc, counter["events"], stats or None)
+
+
+def _write_event(folder: Path, event: dict[str, Any], text: str) -> None:
+    """`job_events/<counter>-<uuid>.json` (0600), as ansible-runner names it: a temporary file renamed."""
+    target = folder / f"{event['counter']}-{event['uuid']}.json"
+    staging = target.with_name(target.name + ".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    staging.replace(target)
 
 
 def _scrub_artifacts(run_dir: Path) -> None:

@@ -58,8 +58,6 @@ def run(
     run_dir = runner.new_run_dir(settings, "bootstrap")
     playbook = phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
     mode = "check mode: nothing is changed" if check else "applying changes"
-    out = console.out()
-    out.print(f"pyctl bootstrap: {len(cluster.hosts)} host(s), phases {', '.join(selected)} ({mode})", markup=False)
     outcome = playrun.run(
         settings,
         "bootstrap",
@@ -71,6 +69,8 @@ def run(
         run_dir=run_dir,
         # Controller-side facts the playbooks need: where this cluster's kubeconfig and keys live.
         extravars=playrun.cluster_extravars(settings, cluster),
+        header=f"pyctl bootstrap: {len(cluster.hosts)} host(s), phases {', '.join(selected)} ({mode})",
     )
-    out.print(f"bootstrap finished: phases {', '.join(selected)}; run directory {outcome.run_dir}", markup=False)
+    finished = f"bootstrap finished: phases {', '.join(selected)}; run directory {outcome.run_dir}"
+    console.out().print(finished, markup=False)
     return ExitCode.OK

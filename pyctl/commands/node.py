@@ -46,8 +46,6 @@ def add(inventory_path: Path, host: str, phase_list: str | None = None, verbosit
         if selected == known
         else phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
     )
-    out = console.out()
-    out.print(f"pyctl node add: {host} joins cluster {cluster.name} (phases {', '.join(selected)})", markup=False)
     outcome = playrun.run(
         settings,
         "node-add",
@@ -57,8 +55,9 @@ def add(inventory_path: Path, host: str, phase_list: str | None = None, verbosit
         extravars=playrun.cluster_extravars(settings, cluster),
         verbosity=verbosity,
         run_dir=run_dir,
+        header=f"pyctl node add: {host} joins cluster {cluster.name} (phases {', '.join(selected)})",
     )
-    out.print(
+    console.out().print(
         f"{host} is in the cluster; check it with pyctl doctor -i {inventory_path} (run directory {outcome.run_dir})",
         markup=False,
     )

@@ -4,6 +4,7 @@ train setup)."""
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,13 @@ def run(
     verbosity: int = 0,
     run_dir: Path | None = None,
     host_count: int | None = None,
+    header: str | None = None,
 ) -> runner.RunOutcome:
-    """Run `playbook`; raise the matching RunFailed/HostsUnreachable/Interrupted when it did not succeed."""
+    """Run `playbook`; raise the matching RunFailed/HostsUnreachable/Interrupted when it did not succeed.
+
+    `header` is printed first. It and the progress view wait for ansible-playbook's first event, so the
+    console library loads while ansible-playbook starts up instead of before it is launched.
+    """
     request = runner.RunRequest(
         verb=verb,
         playbook=playbook,
@@ -44,15 +50,26 @@ def run(
         verbosity=verbosity,
         extravars=dict(extravars or {}),
     )
-    out = console.out()
     state = RunState()
-    view = LiveView(out, state) if out.is_terminal else PlainView(sys.stdout)
+    views: list[LiveView | PlainView] = []
 
-    def on_event(event: dict) -> None:
-        view.update(state, state.apply(event))
+    with ExitStack() as stack:
 
-    with view:
+        def start_view() -> LiveView | PlainView:
+            out = console.out()
+            if header:
+                out.print(header, markup=False)
+            views.append(stack.enter_context(LiveView(out, state) if out.is_terminal else PlainView(sys.stdout)))
+            return views[0]
+
+        def on_event(event: dict) -> None:
+            view = views[0] if views else start_view()
+            view.update(state, state.apply(event))
+
         outcome = runner.run_playbook(settings, request, on_event, run_dir=run_dir)
+        if not views:
+            start_view()
+    out = console.out()
     if state.hosts:
         out.print(recap_table(state))
     for line in failure_lines(state, outcome.log_path):

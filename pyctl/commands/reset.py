@@ -27,9 +27,11 @@ def run(inventory_path: Path, yes: bool = False, verbosity: int = 0) -> int:
         if not typer.confirm(question, default=False):
             console.err().print("pyctl reset: nothing was changed", markup=False)
             return ExitCode.USAGE
+    header = f"pyctl reset: cluster {cluster.name}, hosts {names}"
+    outcome = playrun.run(
+        settings, "reset", settings.playbooks_dir / "reset.yml", cluster, verbosity=verbosity, header=header
+    )
     out = console.out()
-    out.print(f"pyctl reset: cluster {cluster.name}, hosts {names}", markup=False)
-    outcome = playrun.run(settings, "reset", settings.playbooks_dir / "reset.yml", cluster, verbosity=verbosity)
     kubeconfig = settings.kubeconfig(cluster.name)
     removed = kubeconfig.is_file()
     kubeconfig.unlink(missing_ok=True)

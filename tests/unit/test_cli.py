@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -114,3 +115,21 @@ def test_console_script_runs(tmp_path):
     good.write_text("[control_plane]\ncp1 ansible_host=10.0.0.1\n")
     result = subprocess.run([sys.executable, "-m", "pyctl", "inventory", "check", str(good)], capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_console_script_exit_codes_and_flushed_output(tmp_path):
+    """The console script leaves without interpreter teardown: its exit code and every byte written to
+    a pipe must still arrive."""
+    hosts = "".join(f"w{i} ansible_host=10.0.1.{i}\n" for i in range(1, 200))
+    good = tmp_path / "good.ini"
+    good.write_text(f"[control_plane]\ncp1 ansible_host=10.0.0.1\n[workers]\n{hosts}")
+    result = subprocess.run(
+        [sys.executable, "-m", "pyctl", "inventory", "check", str(good), "--json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["hosts"]) == 200
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[workers]\nw1 ansible_host=10.0.1.1\n")
+    result = subprocess.run([sys.executable, "-m", "pyctl", "inventory", "check", str(bad)], capture_output=True)
+    assert result.returncode == 2
+    assert b"control_plane" in result.stdout + result.stderr

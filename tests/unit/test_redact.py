@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyctl.redact import MASK, contains_secret, scrub, scrub_text
+from pyctl.redact import MASK, contains_secret, scrub, scrub_in_place, scrub_text
 
 TOKEN = "abcdef.0123456789abcdef"
 CERT_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -35,6 +35,19 @@ def test_secret_shapes_are_scrubbed(text, secret):
     cleaned = scrub_text(text)
     assert secret not in cleaned and MASK in cleaned
     assert contains_secret(text)
+    # Inside an event, where a quick check over the whole structure's JSON text decides first whether
+    # anything needs a walk: JSON escaping (newlines, tabs, quotes, backslashes) must not hide a shape.
+    for sep in (" ", "\n", "\t", '"', "\\"):
+        variant = text.replace(" ", sep)
+        expected = scrub_text(variant)
+
+        def event(line):
+            return {"event_data": {"res": {"stdout_lines": ["x", line]}, line: 1}, "counter": 1}
+
+        in_place = event(variant)
+        scrub_in_place(in_place)
+        assert scrub(event(variant)) == in_place == event(expected), sep
+    assert secret not in repr(scrub(event(text)))
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,33 @@ shapes first (pyctl.redact). The runner side scrubs the final events and the log
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+from pathlib import Path
+
 from ansible_runner.display_callback.callback import awx_display as _upstream
 
-from pyctl.redact import scrub
+from pyctl.redact import may_contain_secret, scrub
 
 DOCUMENTATION = _upstream.DOCUMENTATION
 
 
 class _ScrubbedPartialEvents(_upstream.IsolatedFileWrite):
+    """Upstream's writer (a temporary file, then an atomic rename into job_events/), with the event
+    serialized once: its JSON text is searched for secret shapes and only scrubbed when one may be there."""
+
     def set(self, key, value):
-        super().set(key, scrub(value))
+        text = json.dumps(value, cls=_upstream.AnsibleJSONEncoderLocal)
+        if may_contain_secret(text):
+            text = json.dumps(scrub(value), cls=_upstream.AnsibleJSONEncoderLocal)
+        folder = Path(self.private_data_dir) / "job_events"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = folder / f"{key[len(':1:ev-') :]}-partial.json"
+        staging = target.with_name(target.name + ".tmp")
+        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR), "w") as f:
+            f.write(text)
+        staging.replace(target)
 
 
 if isinstance(getattr(_upstream.event_context, "cache", None), _upstream.IsolatedFileWrite):
