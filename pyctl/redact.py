@@ -102,5 +102,15 @@ def may_contain_secret(text: str) -> bool:
     return _MAYBE.search(text) is not None
 
 
+def scrub_to_json(value: Any, **dumps: Any) -> tuple[Any, str]:
+    """`value` scrubbed and its JSON text (`json.dumps` keywords pass through). Serialized once when
+    nothing in it can be a secret, and then `value` itself comes back."""
+    text = json.dumps(value, **dumps)
+    if not may_contain_secret(text):
+        return value, text
+    cleaned = _scrub_nested(value)
+    return cleaned, json.dumps(cleaned, **dumps)
+
+
 def contains_secret(text: str) -> bool:
     return scrub_text(text) != text

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyctl.config import Settings
-from pyctl.redact import contains_secret, may_contain_secret, scrub_in_place, scrub_text
+from pyctl.redact import contains_secret, scrub_text, scrub_to_json
 
 MAX_FORKS = 50
 _PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
@@ -258,10 +258,10 @@ def run_playbook(
     def _handle(event: dict[str, Any]) -> bool:
         # Serialized once: the JSON text is searched for secret shapes (scrubbed only when one may be
         # there) and written as the event's artifact, which ansible-runner is then told not to write.
-        text = json.dumps(event)
-        if may_contain_secret(text):
-            scrub_in_place(event)
-            text = json.dumps(event)
+        cleaned, text = scrub_to_json(event)
+        if cleaned is not event:  # ansible-runner hands on this very dict: scrub it in place
+            event.clear()
+            event.update(cleaned)
         _write_event(events_dir, event, text)
         graceful.seen(event)
         counter["events"] += 1

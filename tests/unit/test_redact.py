@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from pyctl.redact import MASK, contains_secret, scrub, scrub_in_place, scrub_text
+from pyctl.redact import MASK, contains_secret, scrub, scrub_in_place, scrub_text, scrub_to_json
 
 TOKEN = "abcdef.0123456789abcdef"
 CERT_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -47,6 +49,8 @@ def test_secret_shapes_are_scrubbed(text, secret):
         in_place = event(variant)
         scrub_in_place(in_place)
         assert scrub(event(variant)) == in_place == event(expected), sep
+        cleaned, text = scrub_to_json(event(variant))
+        assert cleaned == event(expected) and json.loads(text) == event(expected), sep
     assert secret not in repr(scrub(event(text)))
 
 

@@ -8,14 +8,13 @@ shapes first (pyctl.redact). The runner side scrubs the final events and the log
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 from ansible_runner.display_callback.callback import awx_display as _upstream
 
-from pyctl.redact import may_contain_secret, scrub
+from pyctl.redact import scrub_to_json
 
 DOCUMENTATION = _upstream.DOCUMENTATION
 
@@ -25,9 +24,7 @@ class _ScrubbedPartialEvents(_upstream.IsolatedFileWrite):
     serialized once: its JSON text is searched for secret shapes and only scrubbed when one may be there."""
 
     def set(self, key, value):
-        text = json.dumps(value, cls=_upstream.AnsibleJSONEncoderLocal)
-        if may_contain_secret(text):
-            text = json.dumps(scrub(value), cls=_upstream.AnsibleJSONEncoderLocal)
+        _, text = scrub_to_json(value, cls=_upstream.AnsibleJSONEncoderLocal)
         folder = Path(self.private_data_dir) / "job_events"
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = folder / f"{key[len(':1:ev-') :]}-partial.json"
