@@ -309,7 +309,9 @@ def _job_alive(record: JobRecord) -> bool:
         return True
     from pyctl.train import sshjob
 
-    return sshjob.supervisor_alive(record) or time.time() - record.created < 10
+    if record.supervisor_pid is None:  # between recording the job and recording its supervisor's pid
+        return time.time() - record.created < 10
+    return sshjob.supervisor_alive(record)
 
 
 def _mark_lost(store: JobStore, record: JobRecord) -> JobRecord:

@@ -131,3 +131,21 @@ def test_render_ssh_writes_each_hosts_command(capsys, inventory, state_dir, tmp_
     # A second render into the same folder is refused rather than mixing two jobs' files.
     line = _fails(capsys, *args)
     assert "is not empty" in line
+
+
+def test_a_dead_supervisor_is_noticed_at_once_even_for_a_young_job():
+    """The grace after creating a job covers only the moment before its supervisor's pid is recorded;
+    once recorded, a pid that is not that job's supervisor means the supervisor died."""
+    import time
+
+    from pyctl.commands import train
+    from pyctl.train.jobs import JobRecord
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    young = JobRecord(id="ddp-young", workload="ddp", backend="ssh", created=time.time())
+    assert train._job_alive(young), "no pid recorded yet: still starting"
+    young.supervisor_pid = dead.pid
+    assert not train._job_alive(young)
+    old = JobRecord(id="ddp-old", workload="ddp", backend="ssh", created=time.time() - 60)
+    assert not train._job_alive(old), "no pid a minute after creation: the start failed"

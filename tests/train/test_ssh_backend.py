@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -307,7 +306,6 @@ def test_killed_supervisor_leaves_no_orphans(train_lab):
     os.kill(job["supervisor_pid"], signal.SIGKILL)
     # Its SSH connections close; each host's wrapper sees EOF and stops its process group.
     _no_payload_left(train_lab, timeout=60)
-    time.sleep(0.5)
     status = pyctl(train_lab.state_dir, "train", "status", job_id, "--json", check_rc=0)
     assert json.loads(status.stdout)["state"] == "failed"
 
