@@ -9,6 +9,7 @@ stdout file is suppressed and pyctl writes its own scrubbed log (`pyctl.log`) in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pyctl.redact import contains_secret, scrub_text, scrub_to_json
 MAX_FORKS = 50
 _PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
 _RUN_DIR_NAME = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z-[a-z0-9_-]+$")
+_RETIRED = ".retired-"
 # What ansible-playbook may see of the controller's environment. Everything else (cloud keys,
 # tokens in unrelated variables) stays out of the child and out of the runner's `command` artifact.
 _ENV_ALLOW = re.compile(
@@ -80,16 +82,38 @@ def new_run_dir(settings: Settings, verb: str) -> Path:
             break
         except FileExistsError:
             continue
-    prune_runs(settings.runs_dir, settings.keep_runs)
+    retire_runs(settings.runs_dir, settings.keep_runs)
     return run_dir
 
 
-def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
+def retire_runs(runs_dir: Path, keep: int) -> list[Path]:
+    """Rename all but the newest `keep` runs to `.retired-<name>`: one rename each, so a command does not
+    wait on deleting old artifacts before it starts; `remove_retired` deletes them (run_playbook does,
+    while ansible-playbook runs)."""
     runs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and _RUN_DIR_NAME.match(p.name))
-    removed = runs[:-keep] if keep > 0 else runs
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
+    retired = []
+    for path in runs[:-keep] if keep > 0 else runs:
+        target = path.with_name(f"{_RETIRED}{path.name}")
+        try:
+            path.rename(target)
+        except OSError:
+            continue
+        retired.append(target)
+    return retired
+
+
+def remove_retired(runs_dir: Path) -> None:
+    """Delete every retired run directory (also those a killed pyctl left behind)."""
+    with contextlib.suppress(OSError):
+        for path in runs_dir.iterdir():
+            if path.name.startswith(_RETIRED) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
+    retired = retire_runs(runs_dir, keep)
+    remove_retired(runs_dir)
+    return [path.with_name(path.name.removeprefix(_RETIRED)) for path in retired]
 
 
 def forks_for(host_count: int) -> int:
@@ -215,11 +239,16 @@ class _GracefulCancel:
 def _prompt_pty_close() -> Iterator[None]:
     """ansible-runner closes ansible-playbook's pty only once the process has exited, and ptyprocess
     then sleeps 0.1 s "to give the kernel time" before looking at a process that is already reaped.
-    For the length of one run, ansible-runner's spawns skip that sleep when the child is gone."""
+    For the length of one run, ansible-runner's spawns skip that sleep when the child is gone, and the
+    sleep pexpect takes after each read of the pty."""
     import ansible_runner.runner as runner_module
     import pexpect
 
     class _Spawn(pexpect.spawn):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.delayafterread = None  # pexpect sleeps 0.1 ms (0.5 ms with timer slack) after every read
+
         def close(self, force: bool = True) -> None:
             if not self.ptyproc.isalive():
                 self.ptyproc.delayafterclose = 0
@@ -298,10 +327,15 @@ def run_playbook(
     log.note(f"# pyctl {request.verb}: {request.playbook} on {request.inventory} (run {run_dir.name})")
     runner = ansible_runner.interface.init_runner(**kwargs)
     runner.config.env = runner_environment(settings, runner.config.env)
+    # Old runs are deleted on the spare core while ansible-playbook starts, not before it.
+    cleaner = threading.Thread(target=remove_retired, args=(settings.runs_dir,), name="pyctl-prune", daemon=True)
     try:
+        cleaner.start()
         with _interrupt_sets(cancel), _prompt_pty_close():
             runner.run()
     finally:
+        if cleaner.ident is not None:
+            cleaner.join()
         log.close()
         _scrub_artifacts(run_dir)
     status = "canceled" if runner.canceled or cancel.is_set() else str(runner.status)

@@ -65,6 +65,26 @@ def test_no_secret_under_the_run_directory_or_in_output(tmp_path, project):
     assert "<redacted>" in (runs[0] / "pyctl.log").read_text()
 
 
+def test_old_runs_are_deleted_during_the_next_run(tmp_path, project):
+    """With PYCTL_KEEP_RUNS=1 a second run retires the first (renamed at once) and deletes it while
+    ansible-playbook runs: afterwards one run directory is left and nothing retired."""
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        f"[control_plane]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+    )
+    state = tmp_path / "state"
+    env = dict(os.environ, PYCTL_STATE_DIR=str(state), PYCTL_PROJECT_DIR=str(project), PYCTL_KEEP_RUNS="1")
+    names = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "pyctl", "bootstrap", "-i", str(inventory)], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        names.append(sorted(p.name for p in (state / "runs").iterdir()))
+    assert len(names[0]) == 1 and names[1] != names[0]
+    assert len(names[1]) == 1 and not names[1][0].startswith("."), names[1]
+
+
 def test_the_display_callback_scrubs_partial_event_files_in_the_ansible_process(tmp_path):
     """ansible-runner's callback writes partial event files before pyctl sees the event; ours scrubs them."""
     import ansible_runner.display_callback

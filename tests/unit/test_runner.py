@@ -16,6 +16,10 @@ def test_run_dirs_are_private_named_by_time_and_verb_and_pruned(state_dir, monke
     monkeypatch.setenv("PYCTL_KEEP_RUNS", "3")
     settings = load_settings()
     made = [runner.new_run_dir(settings, "bootstrap") for _ in range(5)]
+    listed = sorted(p.name for p in settings.runs_dir.iterdir())
+    # the two oldest are retired at once (renamed), and deleted later, while ansible-playbook runs
+    assert listed == sorted([*(f".retired-{p.name}" for p in made[:2]), *(p.name for p in made[-3:])])
+    runner.remove_retired(settings.runs_dir)
     left = sorted(p.name for p in settings.runs_dir.iterdir())
     assert left == sorted(p.name for p in made[-3:])
     assert all(name.endswith("Z-bootstrap") for name in left)
