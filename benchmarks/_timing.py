@@ -52,6 +52,21 @@ def paired(first: Sequence[str], second: Sequence[str], runs: int, env: dict[str
     return a, b
 
 
+def rotated(commands: dict[str, Sequence[str]], runs: int, env: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Like `paired` for any number of commands: round i runs them all back to back, the order rotated
+    by i, after one untimed warm-up each. Index i of every list comes from the same round."""
+    env = dict(os.environ if env is None else env)
+    for argv in commands.values():
+        time_command(argv, env)
+    names = list(commands)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_command(commands[name], env))
+    return times
+
+
 def describe(name: str, samples: list[float]) -> str:
     return (
         f"{name:<28} median {statistics.median(samples):7.3f} s   min {min(samples):7.3f} s   "

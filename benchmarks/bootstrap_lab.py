@@ -4,8 +4,9 @@
 
 1. On a fresh 2-host VM lab: `pyctl bootstrap --phases prepare_nodes,container_runtime,storage,ssh_trust`,
    then the same again (nothing to change). Prints both times and no-op / first (target <= 0.15).
-2. Fan-out: the same phases on fresh container labs of 1 and 4 hosts (the storage phase without an NFS server:
-   containers cannot serve NFS). Prints both first-run times and 4 hosts / 1 host (target <= 1.5).
+2. Fan-out: the same phases on fresh container labs of 1, 2 and 4 hosts (the storage phase without an NFS server:
+   containers cannot serve NFS). Prints the first-run times, 2 / 1 and 4 hosts / 1 host (target <= 1.5), and
+   for each ratio the floor the machine's cores set: the busy CPU-seconds of the run / cores / the 1-host time.
 
 Needs root (labs). Prints figures and asserts nothing. The labs are taken down at the end (--keep keeps them).
 Timings depend on what else runs on the machine: on 2 shared cores under TCG, run it on a quiet machine.
@@ -111,11 +112,11 @@ def main() -> int:
                 print(f"  no-op re-run         {again:8.1f} s", flush=True)
                 print(f"  ratio no-op / first  {again / first:8.3f}   (target <= {TARGET_NOOP})", flush=True)
             if not args.skip_fanout:
-                print(f"fan-out: phases {PHASES} on 1 vs 4 container hosts (no NFS server)", flush=True)
+                print(f"fan-out: phases {PHASES} on 1, 2 and 4 container hosts (no NFS server)", flush=True)
                 times: dict[int, float] = {}
                 cpu: dict[int, float] = {}
                 cores = os.cpu_count() or 1
-                for nodes in (1, 4):
+                for nodes in (1, 2, 4):
                     name = f"bct{nodes}-{tag}"
                     labs.append(name)
                     inventory = container_inventory(lab_up(name, "container", nodes), work)
@@ -127,11 +128,13 @@ def main() -> int:
                         f" ({load:.0%} of {cores} cores)",
                         flush=True,
                     )
+                print(f"  ratio 2 hosts / 1     {times[2] / times[1]:8.3f}")
                 print(f"  ratio 4 hosts / 1     {times[4] / times[1]:8.3f}   (target <= {TARGET_FANOUT})")
-                # Lab hosts share this machine's cores with the controller: 4 hosts cannot finish before
+                # Lab hosts share this machine's cores with the controller: N hosts cannot finish before
                 # the CPU time they need has been served by all cores.
-                floor = cpu[4] / cores / times[1]
-                print(f"  CPU-bound floor of that ratio on this machine: {floor:.3f}")
+                for nodes in (2, 4):
+                    floor = cpu[nodes] / cores / times[1]
+                    print(f"  CPU-bound floor of the {nodes} / 1 ratio on this machine: {floor:.3f}")
         finally:
             if not args.keep:
                 for name in labs:
