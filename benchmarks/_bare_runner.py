@@ -19,6 +19,8 @@ def main() -> int:
     import ansible_runner
 
     inventory, playbook, forks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # ansible-playbook from this interpreter's environment, as pyctl's runner finds it, activated or not
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
     with tempfile.TemporaryDirectory(prefix="pyctl-bare-runner-") as data_dir:
         result = ansible_runner.run(
             private_data_dir=data_dir,
