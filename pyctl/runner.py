@@ -110,12 +110,6 @@ def remove_retired(runs_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
-    retired = retire_runs(runs_dir, keep)
-    remove_retired(runs_dir)
-    return [path.with_name(path.name.removeprefix(_RETIRED)) for path in retired]
-
-
 def forks_for(host_count: int) -> int:
     return max(1, min(host_count, MAX_FORKS))
 

@@ -30,7 +30,8 @@ def test_prune_leaves_foreign_directories_alone(tmp_path):
     (tmp_path / "notes").mkdir()
     for stamp in ("20260101T000000Z-a", "20260102T000000Z-b"):
         (tmp_path / stamp).mkdir()
-    runner.prune_runs(tmp_path, keep=1)
+    runner.retire_runs(tmp_path, keep=1)
+    runner.remove_retired(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260102T000000Z-b", "notes"]
 
 
