@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 def time_command(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
     start = time.perf_counter()
-    result = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True, check=False)
+    result = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         output = result.stdout.decode() + result.stderr.decode()

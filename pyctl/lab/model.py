@@ -198,9 +198,19 @@ class Lab:
     def ssh(
         self, host: LabHost | str, command: str | Sequence[str], *, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command on a lab host; returns its output (text). Raises CalledProcessError when check."""
+        """Run a command on a lab host; returns its output (text). Raises CalledProcessError when check.
+
+        ssh gets a private /dev/null as stdin: it switches its stdin to non-blocking and does not switch it
+        back when it is killed (timeout), which would leave the caller's stdin non-blocking, and Ansible
+        refuses to start on a non-blocking stdin.
+        """
         return subprocess.run(
-            self.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout, check=check
+            self.ssh_argv(host, command),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            stdin=subprocess.DEVNULL,
         )
 
     def connection(self, host: LabHost | str) -> Any:

@@ -106,7 +106,13 @@ def test_the_display_callback_scrubs_partial_event_files_in_the_ansible_process(
             ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
         )
         ansible = Path(sys.executable).parent / "ansible-playbook"
-        subprocess.run([str(ansible), "-i", str(inventory), str(playbook)], env=env, capture_output=True, check=False)
+        subprocess.run(
+            [str(ansible), "-i", str(inventory), str(playbook)],
+            env=env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         partials = list((data_dir / "job_events").glob("*-partial.json"))
         assert len(partials) > 10
         counts[name] = len(files_with(data_dir, SECRETS))

@@ -6,6 +6,7 @@ No root needed: nothing here touches the machine.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,25 @@ def test_leftover_scan_does_not_confuse_labs_sharing_a_prefix(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_lab_ssh_leaves_the_callers_stdin_blocking(tmp_path, monkeypatch):
+    # A stand-in for ssh killed mid-run: ssh makes its stdin non-blocking and only restores it on a clean
+    # exit. Sharing the caller's stdin would leave it non-blocking, and every later ansible refuses to start.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    double = bin_dir / "ssh"
+    double.write_text("#!/usr/bin/env python3\nimport os\nos.set_blocking(0, False)\nprint('node1')\n")
+    double.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    lab = _lab(tmp_path, LabSpec(name="x", nodes=2, kind="netns"))
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        assert lab.ssh("node1", "hostname").stdout.strip() == "node1"
+        assert os.get_blocking(0), "lab.ssh let ssh switch the caller's stdin to non-blocking"
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)

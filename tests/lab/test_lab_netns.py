@@ -87,6 +87,7 @@ def test_ansible_reaches_every_host_through_the_ssh_config(lab):
         ],
         check=False,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=180,
         env={

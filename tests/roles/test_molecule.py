@@ -44,6 +44,7 @@ def molecule_test(role: str, lab, env: dict[str, str]) -> None:
         cwd=ROOT / "roles" / role,
         env=env,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=3600,
         check=False,

@@ -49,6 +49,7 @@ def render(scenario: str, out: Path) -> Path:
             f"golden_out={out}",
         ],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
         cwd=ROOT,

@@ -57,6 +57,7 @@ def render(tmp_path: Path, version: str, default_nvidia: bool = False) -> tuple[
             str(playbook),
         ],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
         timeout=300,
