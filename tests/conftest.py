@@ -126,17 +126,3 @@ def session_lab() -> Iterator[Callable[..., object]]:
         yield get
     finally:
         labs.close()
-
-
-@pytest.fixture(autouse=True)
-def _blocking_stdin() -> None:
-    """Every test starts with a blocking stdin, as Ansible requires of the processes the tests start.
-
-    A child that switches the shared stdin to non-blocking and dies before switching it back (ssh killed
-    by a timeout) would otherwise fail every later ansible-playbook or molecule call in the session.
-    """
-    try:
-        if not os.get_blocking(0):
-            os.set_blocking(0, True)
-    except OSError:
-        pass
