@@ -9,6 +9,16 @@ from collections.abc import Callable, Iterator
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Golden files are compared, never rewritten by a test run; a CI run that sets the old update switch
+    (PYCTL_UPDATE_GOLDEN) is refused before any test runs, so it cannot believe it regenerated anything."""
+    if os.environ.get("CI") and os.environ.get("PYCTL_UPDATE_GOLDEN"):
+        raise pytest.UsageError(
+            "PYCTL_UPDATE_GOLDEN is set in CI: tests never rewrite golden files; unset it, and regenerate them "
+            "with python tests/tools/render_goldens.py outside CI"
+        )
+
+
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     """A private pyctl state dir (runs, labs) for one test."""
@@ -40,9 +50,13 @@ def unique_lab_name(prefix: str = "t") -> str:
     return f"{prefix}{os.getpid()}-{next(_counter)}"
 
 
-def _require_root() -> None:
+def require_root(reason: str = "lab tests need root (network namespaces)") -> None:
+    """Skip a test that needs root when not root; where CI is set, fail instead: a CI run that skips the lab
+    tests would pass without having run them. Every root-only test goes through here."""
     if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, but this CI run is not root: run the suite as root (CI must not skip it)")
+        pytest.skip(reason)
 
 
 class _Labs:
@@ -55,7 +69,7 @@ class _Labs:
     def make(self, nodes: int = 2, kind: str = "netns", gpu_nodes: int = 0, name: str | None = None, **extra):
         from pyctl.lab import LabSpec, up
 
-        _require_root()
+        require_root()
         name = name or unique_lab_name(self.prefix)
         self.names.append(name)
         return up(LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes, **extra)).lab

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab_leftovers, unique_lab_name
+from tests.conftest import lab_leftovers, require_root, unique_lab_name
 from tests.doubles import install
 
 pytestmark = pytest.mark.lab
@@ -56,8 +56,7 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def k8s(tmp_path_factory) -> Ctx:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
+    require_root()
     from pyctl.lab import LabSpec, down, up
 
     name = unique_lab_name("k")

@@ -8,7 +8,6 @@ Regenerate the golden files after an intended change: python tests/tools/render_
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import require_root
 from tests.doubles import kubeadm_config
 from tests.tools import render_goldens
 
@@ -24,7 +24,10 @@ KUBERNETES_SCHEMA_VERSION = "1.36.0"  # the minor pyctl pins (roles/kubernetes k
 MANIFESTS = ("flannel.yaml", "nvidia-device-plugin.yaml", "shared-storage.yaml", "round1.yaml", "round2.yaml")
 SCENARIOS = render_goldens.scenarios()
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the templates set owner root: render as root")
+
+@pytest.fixture(autouse=True)
+def _as_root() -> None:
+    require_root("the templates set owner root: render as root")
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
 from pyctl.lab.mounts import mounts_under, remove_tree
+from tests.conftest import require_root
 
 pytestmark = pytest.mark.lab
 
 
 def test_remove_tree_unmounts_first(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    require_root()
     tree = tmp_path / "build with space" / "rootfs"
     (tree / "proc").mkdir(parents=True)
     outside = tmp_path / "outside"

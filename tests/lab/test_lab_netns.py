@@ -17,6 +17,7 @@ from pyctl.lab import LabSpec, down, get, network, processes, status, up
 from pyctl.lab.errors import LabNameClash
 from pyctl.lab.lifecycle import lab_dir
 from pyctl.lab.model import Lab
+from tests.conftest import require_root
 
 pytestmark = pytest.mark.lab
 
@@ -192,8 +193,7 @@ def test_name_clash_is_a_clear_error(lab, capsys):
 
 
 def test_a_namespace_pyctl_did_not_make_is_a_clash(capsys, lab_name):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    require_root()
     name = lab_name("f")
     subprocess.run(["ip", "netns", "add", f"pyctl-{name}"], check=True)
     try:
@@ -209,8 +209,7 @@ def test_a_namespace_pyctl_did_not_make_is_a_clash(capsys, lab_name):
 
 
 def test_cli_up_json_status_and_down(capsys, lab_name):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    require_root()
     name = lab_name("c")
     try:
         assert main(["lab", "up", "--name", name, "--kind", "netns", "--nodes", "2", "--gpu-nodes", "1", "--json"]) == 0

@@ -59,14 +59,14 @@ def distdgl_python() -> Path:
     return path
 
 
-def lab_unavailable_reason() -> str | None:
-    """Why network namespaces cannot be used here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
+def require_namespaces() -> None:
+    """Skip (fail under CI, see tests.conftest.require_root) unless network namespaces can be made here."""
+    from tests.conftest import require_root
+
+    require_root("needs root for network namespaces")
     for tool in ("ip", "unshare", "mount"):
         if shutil.which(tool) is None:
-            return f"needs the {tool!r} tool"
-    return None
+            pytest.skip(f"needs the {tool!r} tool")
 
 
 def run_payload(python: Path, script: str, *args: str, timeout: float = 300, **kwargs):
@@ -188,9 +188,7 @@ def launcher_argv(
 @pytest.fixture
 def netns_machines(request):
     """Two namespace "machines" (see NetnsMachines); deleted after the test, pass or fail."""
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_namespaces()
     count = getattr(request, "param", 2)
     lab = NetnsMachines(count)
     try:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 pytest.register_assert_rewrite("distdgl_fixtures")
-from distdgl_fixtures import GRAPH_ARGS, PAYLOAD, lab_unavailable_reason, load_payload_module, run_payload  # noqa: E402 (after register_assert_rewrite)
+from distdgl_fixtures import GRAPH_ARGS, PAYLOAD, load_payload_module, require_namespaces, run_payload  # noqa: E402 (after register_assert_rewrite)
 
 pytest_plugins = ["distdgl_fixtures"]  # the distdgl_* fixtures
 
@@ -77,9 +77,7 @@ def test_graph_file_is_keyed_by_content(distdgl_python, tmp_path):
 
 def test_named_graph_offline_fails_with_one_line(distdgl_python, tmp_path):
     """The real loaders download; with no network at all they fail with one clear line."""
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_namespaces()
     argv = ["unshare", "--net", str(distdgl_python), str(PAYLOAD / "partition.py")]
     argv += ["--graph", "cora", "--data-dir", str(tmp_path / "dl")]
     argv += ["--num-parts", "2", "--output", str(tmp_path)]

@@ -20,15 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import unique_lab_name
+from tests.conftest import require_root, unique_lab_name
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = "prepare_nodes,container_runtime,storage,ssh_trust"
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
 
 
 class SessionLabs:
@@ -40,7 +35,7 @@ class SessionLabs:
     def get(self, kind: str, nodes: int = 2):
         from pyctl.lab import LabSpec, up
 
-        _require_root()
+        require_root()
         key = f"{kind}-{nodes}"
         if key not in self.made:
             name = unique_lab_name("r" + kind[0])

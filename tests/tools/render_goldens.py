@@ -1,11 +1,15 @@
-"""Render every template of pyctl's Kubernetes roles through Ansible's own templating (a local playbook
-run with the roles' template tasks), for each golden scenario.
+"""Regenerate the golden files: every template of pyctl's Kubernetes roles, rendered through Ansible's own
+templating (a local playbook run with the roles' template tasks) for each golden scenario, and every
+manifest `pyctl train ddp|distdgl --backend k8s` renders for the cases of tests/train/test_*manifests.py.
 
-    python tests/tools/render_goldens.py          # rewrite tests/golden/<scenario>/ (review the diff!)
+    python tests/tools/render_goldens.py          # rewrite tests/golden/ (review the diff!)
     python tests/tools/render_goldens.py --check  # exit 1 when a golden file is stale
 
+This is the only thing that writes golden files: the tests compare and never rewrite, and this tool
+refuses to rewrite where CI is set (a CI run must compare what was committed).
+
 Scenarios are inventories in tests/fixtures/inventories/golden-<scenario>.yml; the playbook is
-tests/fixtures/playbooks/render_templates.yml. Rendering needs root (the templates set owner root).
+tests/fixtures/playbooks/render_templates.yml. Rendering the roles needs root (the templates set owner root).
 """
 
 from __future__ import annotations
@@ -61,13 +65,38 @@ def render(scenario: str, out: Path) -> Path:
     return out
 
 
+def render_train(case: str, out: Path) -> Path:
+    """Render one `pyctl train` golden case (tests/train/test_*manifests.py CASES) into `out`."""
+    from tests.train import test_distdgl_manifests, test_manifests
+
+    module = test_manifests if case in test_manifests.CASES else test_distdgl_manifests
+    work = out.parent / f".{case}-inputs"
+    work.mkdir(parents=True, exist_ok=True)
+    _, documents = module._render(work, case)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in documents.items():
+        (out / f"{name}.yaml").write_text(text)
+    return out
+
+
+def train_cases() -> list[str]:
+    from tests.train import test_distdgl_manifests, test_manifests
+
+    return sorted({*test_manifests.CASES, *test_distdgl_manifests.CASES})
+
+
 def main() -> int:
     check = "--check" in sys.argv[1:]
+    if not check and os.environ.get("CI"):
+        print("render_goldens: refusing to rewrite golden files where CI is set: use --check in CI", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in scenarios():
-            out = render(scenario, Path(tmp) / scenario)
-            golden = GOLDEN / scenario
+        jobs = [(s, GOLDEN / s, lambda s=s: render(s, Path(tmp) / s)) for s in scenarios()]
+        jobs += [(c, GOLDEN / "train" / c, lambda c=c: render_train(c, Path(tmp) / "train" / c)) for c in train_cases()]
+        for scenario, golden, make in jobs:
+            out = make()
             names = sorted(p.name for p in out.iterdir() if p.is_file())
             old = sorted(p.name for p in golden.iterdir()) if golden.is_dir() else []
             same = names == old and all(filecmp.cmp(out / n, golden / n, shallow=False) for n in names)

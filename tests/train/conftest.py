@@ -135,8 +135,9 @@ class TrainLab:
 @pytest.fixture(scope="module")
 def train_lab(tmp_path_factory) -> Iterator[TrainLab]:
     """A 2-host netns lab and a private pyctl state dir, shared by a module's tests."""
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
+    from tests.conftest import require_root
+
+    require_root()
     need_ddp_python()
     from pyctl.config import load_settings
     from pyctl.lab import LabSpec, down, up

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests" / "payloads"))  # distdgl_fixtures, as tes
 
 from distdgl_fixtures import distdgl_interpreter  # noqa: E402
 
+from tests.conftest import require_root  # noqa: E402
 from tests.train.conftest import Run, pyctl  # noqa: E402
 
 DGL_PORT = 30050
@@ -119,8 +120,7 @@ def job_processes(namespaces: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def distdgl_lab(tmp_path_factory) -> Iterator[DistDglLab]:
     """A 2-host netns lab (own address, sshd, /dev/shm per host), a pyctl state dir and a shared folder."""
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
+    require_root()
     python = distdgl_interpreter()
     if python is None:
         pytest.skip(

@@ -3,7 +3,7 @@
 Golden files live in tests/golden/train/<case>/<document>.yaml. After an intended change, regenerate
 them and review the diff:
 
-    PYCTL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/train/test_manifests.py
+    python tests/tools/render_goldens.py   # the tests themselves never rewrite them
 
 Schemas: core and batch objects are validated with kubernetes-validate against the version the
 inventory pins (`kubernetes_version`, default 1.36), strict (unknown fields fail). The PyTorchJob is a
@@ -14,7 +14,6 @@ training-operator v1.9.0 (the fields pyctl uses, with their types and the CRD's 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jsonschema
@@ -135,14 +134,8 @@ def _render(tmp_path: Path, case: str) -> tuple[str, dict[str, str]]:
 def test_manifests_match_golden_files(tmp_path, case):
     _, documents = _render(tmp_path, case)
     folder = GOLDEN / case
-    if os.environ.get("PYCTL_UPDATE_GOLDEN"):
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.yaml"):
-            old.unlink()
-        for name, text in documents.items():
-            (folder / f"{name}.yaml").write_text(text)
     expected = {p.stem: p.read_text() for p in sorted(folder.glob("*.yaml"))}
-    assert expected, f"no golden files in {folder}: run PYCTL_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert expected, f"no golden files in {folder}: run python tests/tools/render_goldens.py"
     assert documents == expected, "rendered manifests differ from the golden files (see the module docstring)"
 
 
