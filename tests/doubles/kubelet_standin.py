@@ -1,7 +1,13 @@
-"""A kubelet stand-in: runs a rendered Indexed Job's pods as processes, one per netns lab host.
+"""TEST DOUBLE - a kubelet stand-in: runs a rendered Indexed Job's pods as processes, one per netns lab host.
 
-It is a test double, not Kubernetes. It does what the Job controller, the kubelet and cluster DNS
-would do for the parts of the pod spec pyctl relies on, and nothing else:
+It is a test double, not Kubernetes. It does what the Job controller, the kubelet and cluster DNS of
+Kubernetes 1.36 would do for the parts of the pod spec pyctl relies on, and nothing else. Upstream
+sources of the behaviour: the Job controller's Indexed mode (pkg/controller/job, KEP-2214; successPolicy
+KEP-3998, podFailurePolicy KEP-3329); the kubelet's hosts file (pkg/kubelet/kubelet_pods.go,
+managedHostsFileContent); `$(VAR)` expansion (third_party/forked/golang/expansion); the EndpointSlice
+controller, which lists a pod of a Service only once the pod has an IP and until it is terminal
+(staging/src/k8s.io/endpointslice/util/controller_utils.go ShouldPodBeInEndpoints), and CoreDNS's
+kubernetes plugin, which answers `<hostname>.<subdomain>` only for pods so listed:
 
 - one pod per completion index; host name `<job>-<i>`, subdomain from `spec.template.spec.subdomain`;
   the annotation and label batch.kubernetes.io/job-completion-index, the label job-name, and the
@@ -11,11 +17,13 @@ would do for the parts of the pod spec pyctl relies on, and nothing else:
   metadata.annotations['...'], metadata.labels['...'], status.podIP, spec.nodeName;
 - `command` + `args` with the same `$(VAR)` expansion, run in `workingDir`;
 - the pod's own /etc/hosts as the kubelet writes it (`<pod IP> <fqdn> <hostname>`), plus what the
-  headless Service's DNS would answer for every pod of the job (`<job>-<j>.<svc>` and its FQDN) -
-  published for all pods at once, before any of them listens (publishNotReadyAddresses), and pod 0
-  is started last, so peers meet the race the manifests must survive; `dns_delays` holds a pod's
-  record back from the others for a while (or for ever: None), as cluster DNS does until the pod has
-  an address (the pods' hosts files are rewritten in place, so a running pod sees the record appear);
+  headless Service's DNS would answer for the pods of the job (`<job>-<j>.<svc>` and its FQDN): a
+  pod's record is published only once that pod has started (it has an address; publishNotReadyAddresses
+  lists it before it is ready, hence before it listens), and pod 0 is started last, so peers meet both
+  races the manifests must survive: the name does not resolve yet, then it resolves but nothing
+  listens. `dns_delays` holds a pod's record back for that many seconds after the pod started (or for
+  ever: None), as a slow EndpointSlice controller or DNS cache would; the pods' hosts files are
+  rewritten in place, so a running pod sees a record appear;
 - volumes: persistentVolumeClaim -> a host folder you map, emptyDir medium Memory -> a private tmpfs,
   configMap -> its data as files; the image's paths (e.g. /opt/pyctl/ddp) -> host folders you map,
   and the image's PATH;
@@ -104,7 +112,7 @@ class KubeletStandin:
         self.workdir = workdir
         self.master_delay_s = master_delay_s
         self.dns_delays = dict(dns_delays or {})
-        self._published = {i for i in range(int(job["spec"]["completions"])) if i not in self.dns_delays}
+        self._published: set[int] = set()  # completion indexes whose DNS record exists (pod started)
         self._started_at = time.monotonic()
         self.stopped_for: str | None = None
         self.pods = [
@@ -226,6 +234,9 @@ class KubeletStandin:
     def start(self, pod: Pod) -> None:
         container = self.spec["containers"][0]
         pod.workdir.mkdir(parents=True, exist_ok=True)
+        pod.started = time.monotonic()  # the sandbox exists: the pod has its address from here on
+        if self.dns_delays.get(pod.index, 0) == 0:
+            self._publish({pod.index})
         env = self.environment(pod, container)
         script = pod.workdir / "pod.sh"
         script.write_text(self._script(pod, container, env), encoding="utf-8")
@@ -242,22 +253,31 @@ class KubeletStandin:
             start_new_session=True,
         )  # fmt: skip
         log.close()
-        pod.started = time.monotonic()
 
-    def _publish_due_records(self) -> None:
-        """Publish the DNS records whose delay is over: rewrite the started pods' hosts files in place."""
-        elapsed = time.monotonic() - self._started_at
-        due = {
-            i
-            for i, delay in self.dns_delays.items()
-            if i not in self._published and delay is not None and elapsed >= delay
-        }
-        if not due:
-            return
-        self._published |= due
+    def published(self) -> set[int]:
+        """The completion indexes whose `<job>-<i>.<svc>` record cluster DNS would answer now."""
+        return set(self._published)
+
+    def _publish(self, indexes: set[int]) -> None:
+        """Add DNS records; rewrite the hosts files of the pods that run (in place: same inode)."""
+        self._published |= indexes
         for pod in self.pods:
             if pod.process is not None:
-                (pod.workdir / "hosts").write_text(self.etc_hosts(pod), encoding="utf-8")  # same inode
+                (pod.workdir / "hosts").write_text(self.etc_hosts(pod), encoding="utf-8")
+
+    def _publish_due_records(self) -> None:
+        """Publish the records of started pods whose extra delay (dns_delays) is over."""
+        now = time.monotonic()
+        due = {
+            p.index
+            for p in self.pods
+            if p.index not in self._published
+            and p.started
+            and self.dns_delays.get(p.index, 0) is not None
+            and now - p.started >= self.dns_delays.get(p.index, 0)
+        }
+        if due:
+            self._publish(due)
 
     def run(self, timeout: float = 600) -> dict[int, int]:
         """Start every pod (index 0 last), apply the Job's gang rules, return each pod's exit code."""

@@ -65,7 +65,7 @@ def test_rendered_indexed_job_runs_to_completion(train_lab, tmp_path):
     )
     summary = _summary(pod0.log())
     assert summary["world_size"] == 2 and summary["test_accuracy"] >= 0.90
-    # Pod 1 started first and waited for pod 0's port (its name already resolved).
+    # Pod 1 started first and waited for pod 0's name (published once pod 0 started), then for its port.
     assert f"pyctl: node 0 ({job_id}-0.{job_id}:29500) is listening after" in pod1.log()
     # Node rank from the completion index: global rank 0 is on pod 0, rank 1 on pod 1.
     assert f"[host={job_id}-0 rank=0/2" in pod0.log() and f"[host={job_id}-1 rank=1/2" in pod1.log()
