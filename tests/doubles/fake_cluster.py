@@ -13,9 +13,26 @@ derives status the way the real components would, so pyctl's phases meet realist
   RuntimeClass of that name, or nvidia as the node's default runtime); otherwise the plugin's pod
   crash-loops the way the real one does without NVML (FIELD_NOTES #5);
 - a claim is Bound when a volume is pre-bound to it; pods mounting it write and read a shared file store;
-- tokens expire after their TTL and are checked at join time, with the CA hash.
+- tokens expire after their TTL and are checked at join time, with the CA hash;
+- every applied object passes the API server's strict field validation against the pinned Kubernetes
+  OpenAPI schema (openapi_strict.py: unknown fields, wrong types, missing required fields are refused
+  with the API server's messages, as `kubectl apply` with fieldValidation=Strict gets them);
+- a pod's RuntimeClass must exist (admission: `pod rejected: RuntimeClass "x" not found`) and its
+  `handler` must be a runtime of the node's real containerd configuration (what the kubeadm double read
+  from `containerd config dump` on that host when it joined: version 2 tables
+  plugins."io.containerd.grpc.v1.cri".containerd.runtimes for containerd 1.6/1.7, version 3
+  plugins."io.containerd.cri.v1.runtime".containerd.runtimes for 2.x); otherwise the sandbox fails as
+  containerd's CRI plugin fails it: `no runtime for "x" is configured`;
+- flannel runs only as the pinned upstream manifest runs it (FLANNEL below: flannel v0.28.9's
+  Documentation/kube-flannel.yml): its image, command and args, the ConfigMap it mounts and a
+  net-conf.json whose Network parses and whose Backend type flannel knows; else its pod crash-loops and
+  the nodes stay NotReady;
+- pods on a node whose host has net.bridge.bridge-nf-call-iptables != 1 cannot reach Services (bridged
+  pod traffic bypasses kube-proxy's iptables rules): the smoke pods there fail.
 
-It is a model, not Kubernetes: nothing here runs containers. Standard library plus PyYAML only.
+Upstream versions: Kubernetes 1.36 (API server, kubelet, EndpointSlice), containerd 1.6/1.7/2.x CRI
+plugin, flannel v0.28.9, NVIDIA device plugin (crash-loops without NVML). It is a model, not Kubernetes:
+nothing here runs containers. Standard library plus PyYAML only.
     fake_cluster.py serve --state FILE --listen ADDR:PORT
 """
 
@@ -36,7 +53,43 @@ from typing import Any
 
 import yaml
 
+try:  # on lab hosts the doubles' folder is on sys.path; in-process tests import the package
+    import openapi_strict
+except ImportError:  # pragma: no cover - depends on how the module is loaded
+    from tests.doubles import openapi_strict
+
+SCHEMA_FILE = Path(__file__).resolve().with_name("openapi.json")
 GPU = "nvidia.com/gpu"
+NVIDIA_BINARY = "nvidia-container-runtime"
+# flannel v0.28.9, Documentation/kube-flannel.yml (sha256 e875824be2f552b45711dbda91af81b17eb961d00025d914d9fef18fad8f09c0):
+# the facts its DaemonSet runs on. Extra flanneld flags pyctl may add: --iface (flanneld's own flag).
+FLANNEL = {
+    "version": "v0.28.9",
+    "namespace": "kube-flannel",
+    "configmap": "kube-flannel-cfg",
+    "containers": {
+        "kube-flannel": {
+            "image": "ghcr.io/flannel-io/flannel:v0.28.9",
+            "command": ["/opt/bin/flanneld"],
+            "args": ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"],
+        }
+    },
+    "init_containers": {
+        "install-cni-plugin": {
+            "image": "ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3",
+            "command": ["cp"],
+            "args": ["-f", "/flannel", "/opt/cni/bin/flannel"],
+        },
+        "install-cni": {
+            "image": "ghcr.io/flannel-io/flannel:v0.28.9",
+            "command": ["/opt/bin/install-conf"],
+            "args": ["/etc/kube-flannel/cni-conf.json", "/etc/cni/net.d/10-flannel.conflist"],
+        },
+    },
+    "extra_args": ("--iface=", "--iface-regex=", "--iface-can-reach="),
+    "config_mount": "/etc/kube-flannel/",
+    "backends": ("vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension"),
+}
 CP_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 NOT_READY = (
     "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
@@ -77,6 +130,16 @@ class Cluster:
         self.data.setdefault("objects", {})
         self.data.setdefault("files", {})
         self.data.setdefault("log", [])
+        self._schema: dict[str, Any] | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The pinned Kubernetes OpenAPI schema: the file install.py ships, or compiled here (in-process)."""
+        if self._schema is None:
+            if SCHEMA_FILE.is_file():
+                self._schema = json.loads(SCHEMA_FILE.read_text())
+            else:
+                self._schema = openapi_strict.compile_schema("1.36.0")
+        return self._schema
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -148,6 +211,11 @@ class Cluster:
             "gpus": int(node.get("gpus", 0)),
             "nvidia_default_runtime": bool(node.get("nvidia_default_runtime")),
             "address": node.get("address", ""),
+            # containerd's CRI runtimes on the host (name -> BinaryName) and its default runtime; a node
+            # registered without them has containerd's defaults (one runtime, runc)
+            "runtimes": dict(node.get("runtimes") or {"runc": ""}),
+            "default_runtime": node.get("default_runtime") or "runc",
+            "bridge_nf_call_iptables": bool(node.get("bridge_nf_call_iptables", True)),
         }
 
     # --- derived status -----------------------------------------------------------------------
@@ -166,8 +234,59 @@ class Cluster:
         config = self.find("ConfigMap", "kube-flannel-cfg", "kube-flannel")
         if self.find("DaemonSet", "kube-flannel-ds", "kube-flannel") is None or config is None:
             return False
+        if self.flannel_problems():
+            return False
         network = json.loads(config["data"]["net-conf.json"]).get("Network")
         return network == self.data["cluster"]["podSubnet"]
+
+    def flannel_problems(self) -> list[str]:
+        """Why flannel's pods would not run as the pinned upstream manifest runs them ([] when they would)."""
+        ds = self.find("DaemonSet", "kube-flannel-ds", FLANNEL["namespace"])
+        config = self.find("ConfigMap", FLANNEL["configmap"], FLANNEL["namespace"])
+        if ds is None or config is None:
+            return []
+        problems = []
+        spec = ds["spec"]["template"]["spec"]
+        for field, expected in (("containers", FLANNEL["containers"]), ("initContainers", FLANNEL["init_containers"])):
+            have = {c["name"]: c for c in spec.get(field) or []}
+            for name, upstream in expected.items():
+                container = have.get(name)
+                if container is None:
+                    problems.append(f"{field} {name} is missing (flannel {FLANNEL['version']} runs it)")
+                    continue
+                if container.get("image") != upstream["image"]:
+                    problems.append(f"{name}: image {container.get('image')} is not flannel's {upstream['image']}")
+                if container.get("command") != upstream["command"]:
+                    problems.append(f"{name}: command {container.get('command')} is not {upstream['command']}")
+                args = list(container.get("args") or [])
+                extra = args[len(upstream["args"]) :]
+                if args[: len(upstream["args"])] != upstream["args"] or any(
+                    not a.startswith(FLANNEL["extra_args"]) for a in extra
+                ):
+                    problems.append(f"{name}: args {args} are not flannel's {upstream['args']} (+ --iface=...)")
+        flanneld = next((c for c in spec.get("containers") or [] if c["name"] == "kube-flannel"), {})
+        mounts = {m["name"]: m["mountPath"] for m in flanneld.get("volumeMounts") or []}
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        if not any(
+            (volumes.get(n, {}).get("configMap") or {}).get("name") == FLANNEL["configmap"]
+            and path.rstrip("/") == FLANNEL["config_mount"].rstrip("/")
+            for n, path in mounts.items()
+        ):
+            problems.append(
+                f"kube-flannel does not mount ConfigMap {FLANNEL['configmap']} at {FLANNEL['config_mount']}"
+            )
+        try:
+            conf = json.loads(config["data"]["net-conf.json"])
+            import ipaddress
+
+            ipaddress.ip_network(conf.get("Network", ""))
+        except (KeyError, ValueError, TypeError) as exc:
+            problems.append(f"failed to read net-conf.json: {exc}")
+            conf = {}
+        backend = (conf.get("Backend") or {}).get("Type", "udp")
+        if conf and backend not in FLANNEL["backends"]:
+            problems.append(f"net-conf.json: unknown backend type: {backend}")
+        return problems
 
     @staticmethod
     def tolerates(pod_spec: dict[str, Any], taints: list[dict[str, Any]]) -> bool:
@@ -189,11 +308,31 @@ class Cluster:
             return False
         return self.tolerates(spec, node["taints"])
 
-    def nvidia_runtime(self, pod_spec: dict[str, Any], name: str) -> bool:
-        if self.data["nodes"][name]["nvidia_default_runtime"]:
-            return True
+    def sandbox_runtime(self, pod_spec: dict[str, Any], name: str) -> tuple[str | None, str]:
+        """(the containerd runtime a pod's sandbox gets on node `name`, "") or (None, the error the pod meets)."""
+        node = self.data["nodes"][name]
         wanted = pod_spec.get("runtimeClassName")
-        return wanted == "nvidia" and self.find("RuntimeClass", "nvidia") is not None
+        if not wanted:
+            return node["default_runtime"], ""
+        runtime_class = self.find("RuntimeClass", wanted)
+        if runtime_class is None:
+            return None, f'pod rejected: RuntimeClass "{wanted}" not found'
+        handler = runtime_class.get("handler", "")
+        if handler not in node["runtimes"]:
+            return None, (
+                "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: "
+                f'no runtime for "{handler}" is configured'
+            )
+        return handler, ""
+
+    def nvidia_runtime(self, pod_spec: dict[str, Any], name: str) -> bool:
+        node = self.data["nodes"][name]
+        runtime, _ = self.sandbox_runtime(pod_spec, name)
+        if runtime is None:
+            return False
+        if node["nvidia_default_runtime"] and not pod_spec.get("runtimeClassName"):
+            return True
+        return node["runtimes"].get(runtime, "").endswith(NVIDIA_BINARY)
 
     def plugin_serves(self, name: str) -> bool:
         ds = self.find("DaemonSet", "nvidia-device-plugin-daemonset", "kube-system")
@@ -243,7 +382,34 @@ class Cluster:
                 ],
             }
             plugin = ds["metadata"]["name"] == "nvidia-device-plugin-daemonset"
-            if plugin and not self.nvidia_runtime(spec, name):
+            _, sandbox_error = self.sandbox_runtime(spec, name)
+            flannel = self.flannel_problems() if ds["metadata"]["name"] == "kube-flannel-ds" else []
+            if sandbox_error.startswith("pod rejected"):
+                continue  # admission refuses the DaemonSet controller's pod: none exists (event FailedCreate)
+            if sandbox_error:
+                status = {
+                    "phase": "Pending",
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+                    "containerStatuses": [
+                        {
+                            "name": c["name"],
+                            "image": c["image"],
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating", "message": sandbox_error}},
+                        }
+                        for c in spec["containers"]
+                    ],
+                }
+            elif flannel:
+                status["conditions"] = [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}]
+                status["containerStatuses"][0].update(
+                    ready=False,
+                    restartCount=6,
+                    state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting"}},
+                    lastState={"terminated": {"exitCode": 1, "reason": "Error", "message": "; ".join(flannel)}},
+                )
+            elif plugin and not self.nvidia_runtime(spec, name):
                 status["conditions"] = [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}]
                 status["containerStatuses"][0].update(
                     ready=False,
@@ -339,6 +505,25 @@ class Cluster:
 
         if not self.network_ready():
             return fail(1, "network not ready")
+        _, sandbox_error = self.sandbox_runtime(spec, node)
+        if sandbox_error:
+            pod["status"] = {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": spec["containers"][0]["name"],
+                        "state": {"waiting": {"reason": "ContainerCreating", "message": sandbox_error}},
+                    }
+                ],
+            }
+            return pod
+        if not self.data["nodes"][node]["bridge_nf_call_iptables"]:
+            service = self.data["cluster"].get("serviceSubnet", "10.96.0.0/12").split("/")[0][:-1] + "1"
+            return fail(
+                1,
+                f"dial tcp {service}:443: i/o timeout (TEST DOUBLE: net.bridge.bridge-nf-call-iptables is not 1 on "
+                f"{node}: bridged pod traffic bypasses kube-proxy's iptables rules)",
+            )
         for volume in spec.get("volumes") or []:
             claim_name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
             claim = self.find("PersistentVolumeClaim", claim_name, namespace) if claim_name else None
@@ -393,7 +578,8 @@ class Cluster:
         if args[:3] == ["get", "--raw", "/readyz"]:
             return 0, "ok", ""
         if verb == "apply" and "-f" in args:
-            return self.apply(files[args[args.index("-f") + 1]])
+            source = args[args.index("-f") + 1]
+            return self.apply(files[source], source)
         if verb == "label" and len(args) >= 4 and args[1] == "node":
             return self.label(args[2], args[3])
         if verb == "get" and "-o" in args and args[args.index("-o") + 1] == "json":
@@ -438,12 +624,20 @@ class Cluster:
                 items += copy.deepcopy(self.objects(kind))
         return items
 
-    def apply(self, text: str) -> tuple[int, str, str]:
-        lines = []
+    def apply(self, text: str, source: str = "-") -> tuple[int, str, str]:
+        lines: list[str] = []
+        errors: list[str] = []  # objects refused while the others are applied, as kubectl reports them
         for doc in yaml.safe_load_all(text):
             if not doc:
                 continue
             kind = doc.get("kind")
+            meta = doc.get("metadata") or {}
+            key = f"{kind}/{meta.get('namespace', 'default' if KINDS.get(kind, ('', '', False))[2] else '')}"
+            refused = openapi_strict.problems(
+                doc, self.schema(), source, creating=f"{key}/{meta.get('name')}" not in self.data["objects"]
+            )
+            if refused:
+                return 1, "\n".join(lines), refused
             if kind not in KINDS or not (doc.get("metadata") or {}).get("name"):
                 return 1, "\n".join(lines), f"error: the kubectl test double cannot apply {kind}"
             _, group, namespaced = KINDS[kind]
@@ -460,6 +654,13 @@ class Cluster:
             old = self.data["objects"].get(key)
             shown = f"{kind.lower()}{group}/{meta['name']}"
             if kind == "Pod":
+                _, rejected = self.sandbox_runtime(doc["spec"], next(iter(self.data["nodes"])))
+                if rejected.startswith("pod rejected"):
+                    errors.append(
+                        f'Error from server (Forbidden): error when creating "{source}": pods "{meta["name"]}" is '
+                        f"forbidden: {rejected}"
+                    )
+                    continue
                 if old is not None:
                     return 1, "\n".join(lines), f'The Pod "{meta["name"]}" is invalid: spec: Forbidden: pod updates'
                 self.run_pod(doc)
@@ -470,7 +671,7 @@ class Cluster:
             else:
                 lines.append(f"{shown} configured")
             self.data["objects"][key] = doc
-        return 0, "\n".join(lines), ""
+        return (1 if errors else 0), "\n".join(lines), "\n".join(errors)
 
     def label(self, node: str, assignment: str) -> tuple[int, str, str]:
         if node not in self.data["nodes"]:

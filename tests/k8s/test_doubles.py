@@ -41,12 +41,13 @@ def cluster(tmp_path) -> Cluster:
     )
     for name, gpus in (("gpu1", 2), ("gpu2", 8), ("cpu1", 0)):
         labels = {"nvidia.com/gpu.present": "true"} if gpus else {}
+        runtimes = {"runc": "", "nvidia": "/usr/bin/nvidia-container-runtime"} if gpus else {"runc": ""}
         token = fake.token_create({"ttl": "15m0s"})["join"].split("--token ")[1].split()[0]
         answer = fake.join(
             {
                 "token": token,
                 "ca_hashes": ["sha256:" + "0" * 64],
-                "node": {"name": name, "labels": labels, "gpus": gpus},
+                "node": {"name": name, "labels": labels, "gpus": gpus, "runtimes": runtimes},
             }
         )
         assert answer == {"ok": True}
@@ -81,8 +82,8 @@ def test_gpus_appear_only_where_the_device_plugin_runs_with_the_nvidia_runtime(c
     apply(cluster, "plugin.yaml", yaml.safe_dump_all(without_class))  # no RuntimeClass object yet
     nodes = {n["metadata"]["name"]: n for n in get(cluster, "nodes")}
     assert "nvidia.com/gpu" not in nodes["gpu1"]["status"]["allocatable"]
-    pods = [p for p in get(cluster, "pods") if p["metadata"]["namespace"] == "kube-system"]
-    assert {p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] for p in pods} == {"CrashLoopBackOff"}
+    # admission refuses the DaemonSet's pods while their RuntimeClass does not exist: none runs
+    assert [p for p in get(cluster, "pods") if p["metadata"]["namespace"] == "kube-system"] == []
     apply(cluster, "nvidia-device-plugin.yaml")
     nodes = {n["metadata"]["name"]: n for n in get(cluster, "nodes")}
     assert nodes["gpu1"]["status"]["allocatable"]["nvidia.com/gpu"] == "2"
@@ -92,8 +93,15 @@ def test_gpus_appear_only_where_the_device_plugin_runs_with_the_nvidia_runtime(c
     assert daemonsets["nvidia-device-plugin-daemonset"]["numberReady"] == 2
 
 
+def runtime_class_only() -> str:
+    return yaml.safe_dump_all(
+        [d for d in yaml.safe_load_all(text("nvidia-device-plugin.yaml")) if d and d["kind"] == "RuntimeClass"]
+    )
+
+
 def test_the_verify_pods_succeed_only_on_a_working_cluster(cluster):
     selector = ["-n", "default", "-l", "app.kubernetes.io/managed-by=pyctl-verify"]
+    apply(cluster, "runtimeclass.yaml", runtime_class_only())
     apply(cluster, "round1.yaml")  # no pod network yet
     assert {p["status"]["phase"] for p in get(cluster, "pods")} == {"Failed"}
     cluster.kubectl(["delete", "pods", *selector], {})
@@ -177,3 +185,132 @@ def test_meaning_checks_catch_what_kubeadm_would_refuse():
     assert any("is not a valid CIDR" in p for p in kubeadm_config.meaning_problems(cluster))
     cluster["networking"]["serviceSubnet"] = "10.240.0.0/12"
     assert any("overlaps" in p for p in kubeadm_config.meaning_problems(cluster))
+
+
+def test_admission_refuses_a_pod_whose_runtime_class_does_not_exist(cluster):
+    apply(cluster, "flannel.yaml")
+    rc, out, err = cluster.kubectl(["apply", "-f", "round1.yaml"], {"round1.yaml": text("round1.yaml")})
+    assert rc == 1 and 'pods "pyctl-verify-gpu-0" is forbidden: pod rejected: RuntimeClass "nvidia" not found' in err
+    assert "pod/pyctl-verify-smoke created" in out  # the other objects of the file are applied
+
+
+def test_a_runtime_class_whose_handler_the_nodes_containerd_lacks_is_reported(cluster):
+    """The handler must name a runtime of the node's containerd configuration (`containerd config dump`)."""
+    cluster.data["nodes"]["gpu1"]["runtimes"] = {"runc": ""}  # the nvidia drop-in lost on gpu1
+    for name in ("flannel.yaml", "nvidia-device-plugin.yaml"):
+        apply(cluster, name)
+    plugin = {
+        p["spec"]["nodeName"]: p for p in get(cluster, "pods") if p["metadata"]["name"].startswith("nvidia-device")
+    }
+    waiting = plugin["gpu1"]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ContainerCreating"
+    assert 'failed to get sandbox runtime: no runtime for "nvidia" is configured' in waiting["message"]
+    nodes = {n["metadata"]["name"]: n for n in get(cluster, "nodes")}
+    assert "nvidia.com/gpu" not in nodes["gpu1"]["status"]["allocatable"]
+    assert nodes["gpu2"]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+
+
+def test_a_runc_handler_gives_no_gpus_although_the_runtime_class_is_named_nvidia(cluster):
+    runc_class = runtime_class_only().replace("handler: nvidia", "handler: runc")
+    apply(cluster, "flannel.yaml")
+    apply(cluster, "runtimeclass.yaml", runc_class)
+    plugin = [d for d in yaml.safe_load_all(text("nvidia-device-plugin.yaml")) if d and d["kind"] == "DaemonSet"]
+    apply(cluster, "plugin.yaml", yaml.safe_dump_all(plugin))
+    nodes = {n["metadata"]["name"]: n for n in get(cluster, "nodes")}
+    assert "nvidia.com/gpu" not in nodes["gpu1"]["status"]["allocatable"]  # NVML never loads under runc
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            (
+                "ghcr.io/flannel-io/flannel:v0.28.9\n        command:\n        - /opt/bin/flanneld",
+                "docker.io/flannel/flannel:v0.22.0\n        command:\n        - /opt/bin/flanneld",
+            ),
+            "is not flannel's ghcr.io/flannel-io/flannel:v0.28.9",
+        ),
+        (("- --kube-subnet-mgr", "- --kube-subnet-manager"), "are not flannel's"),
+        (
+            ('"Backend":\n    {"Type": "vxlan"}', '"Backend":\n    {"Type": "vxlan-ng"}'),
+            "unknown backend type: vxlan-ng",
+        ),
+    ],
+)
+def test_flannel_runs_only_as_the_pinned_upstream_manifest_runs_it(cluster, change, problem):
+    manifest = text("flannel.yaml")
+    assert change[0] in manifest
+    apply(cluster, "flannel.yaml", manifest.replace(*change))
+    assert {n["status"]["conditions"][-1]["status"] for n in get(cluster, "nodes")} == {"False"}
+    flannel = [p for p in get(cluster, "pods") if p["metadata"]["name"].startswith("kube-flannel")]
+    assert flannel and all(
+        problem in p["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"] for p in flannel
+    )
+    apply(cluster, "flannel.yaml")
+    assert {n["status"]["conditions"][-1]["status"] for n in get(cluster, "nodes")} == {"True"}
+
+
+def test_the_doubles_flannel_contract_is_the_version_pyctl_pins():
+    from tests.doubles.fake_cluster import FLANNEL
+
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "roles/flannel/defaults/main.yml").read_text())
+    assert defaults["flannel_version"] == FLANNEL["version"], "update FLANNEL from the new kube-flannel.yml"
+
+
+def test_apply_refuses_unknown_fields_as_the_api_servers_strict_validation_does(cluster):
+    manifest = text("flannel.yaml").replace(
+        "      hostNetwork: true\n", "      hostNetwork: true\n      hostNetworking: true\n"
+    )
+    rc, _, err = cluster.kubectl(["apply", "-f", "flannel.yaml"], {"flannel.yaml": manifest})
+    assert rc == 1
+    assert err == (
+        'Error from server (BadRequest): error when creating "flannel.yaml": DaemonSet in version "v1" cannot be '
+        'handled as a DaemonSet: strict decoding error: unknown field "spec.template.spec.hostNetworking"'
+    )
+    assert cluster.find("DaemonSet", "kube-flannel-ds", "kube-flannel") is None
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {
+                "apiVersion": "node.k8s.io/v1",
+                "kind": "RuntimeClass",
+                "metadata": {"name": "nvidia"},
+                "spec": {"handler": "nvidia"},
+            },
+            'RuntimeClass in version "v1" cannot be handled as a RuntimeClass: strict decoding error: unknown field "spec"',
+        ),
+        (
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "default"},
+                "data": {"n": 1},
+            },
+            "json: cannot unmarshal integer into Go struct field data.n of type string",
+        ),
+        (
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": "v"},
+                "spec": {"nfs": {"path": "/x"}},
+            },
+            'The PersistentVolume "v" is invalid: spec.nfs.server: Required value',
+        ),
+    ],
+)
+def test_apply_refuses_what_the_pinned_schema_refuses(cluster, document, message):
+    rc, _, err = cluster.kubectl(["apply", "-f", "x.yaml"], {"x.yaml": yaml.safe_dump(document)})
+    assert rc == 1 and message in err, err
+
+
+def test_every_manifest_pyctl_applies_passes_strict_validation(cluster):
+    from tests.doubles import openapi_strict
+
+    for path in sorted(GOLDEN.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and "kind" in document and not document["apiVersion"].startswith(("kubeadm.k8s", "kubelet.")):
+                assert openapi_strict.problems(document, cluster.schema(), path.name) == "", path.name
