@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """TEST DOUBLE for kubeadm, installed on lab hosts by pyctl's lab tests only (never by pyctl itself).
 
-It checks what it is given the way kubeadm would (configuration files against kubeadm's API types and
-validation rules, preflight refusals over existing files), and checks pyctl's own promises: no bootstrap
+Upstream contract: kubeadm v1.36 (kubernetes/kubernetes cmd/kubeadm: apis/kubeadm/v1beta4 for the
+configuration, app/preflight/checks.go for preflight, app/cmd/phases for the phase errors). It checks what
+it is given the way kubeadm would (configuration files against kubeadm's API types and validation
+rules, preflight refusals over existing files), runs kubeadm's host-dependent preflight checks against
+this lab host's real state (kubeadm_preflight.py: ip_forward, the CRI socket of the real containerd, the
+ports, cgroups v2; swap as kubeadm warns and the kubelet then refuses), and checks pyctl's own promises: no bootstrap
 token on any command line, the JoinConfiguration file mode 0600 and owned by root, discovery pinned by a
 CA hash. It writes what kubeadm would write (admin.conf, kubelet.conf, the CA, the kubelet's files),
 starts the fake cluster (fake_cluster.py) on `init`, and records every call in
@@ -20,12 +24,14 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, "/opt/pyctl-test-doubles")
 import fake_common
 import kubeadm_config
+import kubeadm_preflight
 import yaml
 
 K8S = Path("/etc/kubernetes")
@@ -106,6 +112,70 @@ def node_labels(registration: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
+def ignored_checks(docs: list[dict[str, Any]]) -> set[str]:
+    names = set()
+    for value in [arg("--ignore-preflight-errors") or ""] + [
+        ",".join((d.get("nodeRegistration") or {}).get("ignorePreflightErrors") or []) for d in docs
+    ]:
+        names |= {n.strip().lower() for n in value.split(",") if n.strip()}
+    return names
+
+
+def host_preflight(kind: str, docs: list[dict[str, Any]]) -> list[str]:
+    """kubeadm's host-dependent preflight checks, on this host's real state; die with kubeadm's text."""
+    found = kubeadm_preflight.errors(kind)
+    waived = {
+        name: why for name, why in (fake_common.config().get("lab_waived_checks") or {}).items() if name in dict(found)
+    }
+    for name, why in waived.items():  # what the lab's kernel cannot give; visible, recorded, never silent
+        print(f"\t[WARNING {name}]: {dict(found)[name]} (TEST DOUBLE: waived on this lab host: {why})")
+    failure = kubeadm_preflight.report([f for f in found if f[0] not in waived], ignored_checks(docs))
+    if failure:
+        fake_common.die(TOOL, failure)
+    if kubeadm_preflight.swap_on():
+        print(f"\t[WARNING Swap]: {kubeadm_preflight.SWAP_WARNING}")
+        kubelet = next((d for d in docs if d.get("kind") == "KubeletConfiguration"), {})
+        if kubelet.get("failSwapOn", True):
+            fake_common.die(
+                TOOL,
+                "error execution phase kubelet-start: the kubelet did not start: "
+                f"{kubeadm_preflight.SWAP_KUBELET} (TEST DOUBLE: /proc/swaps lists swap on this host)",
+            )
+    return sorted(waived)
+
+
+def containerd_facts() -> dict[str, Any]:
+    """The CRI runtimes of this host's real containerd (`containerd config dump`), name -> BinaryName, and its
+    default runtime; containerd 1.6/1.7 (config version 2) and 2.x (version 3) tables."""
+    try:
+        dump = subprocess.run(["containerd", "config", "dump"], capture_output=True, text=True, timeout=30).stdout
+        config = tomllib.loads(dump)
+    except (OSError, subprocess.TimeoutExpired, tomllib.TOMLDecodeError):
+        return {}
+    plugins = config.get("plugins") or {}
+    cri = plugins.get("io.containerd.cri.v1.runtime") or plugins.get("io.containerd.grpc.v1.cri") or {}
+    section = cri.get("containerd") or {}
+    runtimes = {
+        name: str((runtime.get("options") or {}).get("BinaryName", ""))
+        for name, runtime in (section.get("runtimes") or {}).items()
+    }
+    return {"runtimes": runtimes, "default_runtime": section.get("default_runtime_name", "runc")}
+
+
+def node_facts() -> dict[str, Any]:
+    """What the kubelet of this host would report about it, read from the host."""
+    bridge = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    facts = containerd_facts()
+    runtimes = facts.get("runtimes") or {}
+    default_binary = runtimes.get(facts.get("default_runtime", ""), "")
+    return {
+        **facts,
+        "bridge_nf_call_iptables": bridge.exists() and bridge.read_text().strip() == "1",
+        "nvidia_default_runtime": default_binary.endswith("nvidia-container-runtime")
+        or fake_common.config().get("nvidia_default_runtime", False),
+    }
+
+
 def start_kubelet() -> None:
     write(KUBELET / "config.yaml", "# TEST DOUBLE: the kubelet configuration kubeadm writes\n", 0o644)
     write(KUBELET / "kubeadm-flags.env", "KUBELET_KUBEADM_ARGS=--container-runtime-endpoint=test-double\n", 0o644)
@@ -136,6 +206,7 @@ def init() -> int:
         if existing.exists():
             name = str(existing).replace("/", "-").lstrip("-")
             fake_common.die(TOOL, f"[preflight] [ERROR FileAvailable-{name}]: {existing} already exists")
+    waived = host_preflight("init", docs)
     cluster = by_kind["ClusterConfiguration"]
     init_doc = by_kind["InitConfiguration"]
     registration = init_doc.get("nodeRegistration") or {}
@@ -189,8 +260,8 @@ def init() -> int:
                 "taints": registration.get("taints"),
                 "control_plane": True,
                 "gpus": settings.get("gpus", 0),
-                "nvidia_default_runtime": settings.get("nvidia_default_runtime", False),
                 "address": address,
+                **node_facts(),
             },
         },
         f"127.0.0.1:{port}",
@@ -198,7 +269,13 @@ def init() -> int:
     )
     ttl = ((init_doc.get("bootstrapTokens") or [{}])[0]).get("ttl", "24h0m0s")
     token = fake_common.post("/token/create", {"ttl": ttl, "description": "kubeadm init"}, f"127.0.0.1:{port}")["join"]
-    fake_common.record(TOOL, sys.argv[1:], init_token_ttl=ttl, printed_token="--skip-token-print" not in sys.argv)
+    fake_common.record(
+        TOOL,
+        sys.argv[1:],
+        init_token_ttl=ttl,
+        printed_token="--skip-token-print" not in sys.argv,
+        preflight_waived=waived,
+    )
     print(f"[init] Using Kubernetes version: {cluster['kubernetesVersion']}")
     print("Your Kubernetes control-plane has initialized successfully!")
     if "--skip-token-print" not in sys.argv:
@@ -227,6 +304,7 @@ def join() -> int:
     if active and (KUBELET / "config.yaml").exists():
         fake_common.die(TOOL, "[preflight] [ERROR Port-10250]: Port 10250 is in use")
     registration = doc.get("nodeRegistration") or {}
+    checks["preflight_waived"] = host_preflight("join", [doc])
     if FAIL_JOIN_ONCE.exists():
         FAIL_JOIN_ONCE.unlink()
         write(K8S / "bootstrap-kubelet.conf", "# TEST DOUBLE: a join that never finished\n")
@@ -244,7 +322,7 @@ def join() -> int:
                 "labels": node_labels(registration),
                 "taints": registration.get("taints"),
                 "gpus": settings.get("gpus", 0),
-                "nvidia_default_runtime": settings.get("nvidia_default_runtime", False),
+                **node_facts(),
                 "address": next(
                     (a["value"] for a in registration.get("kubeletExtraArgs") or [] if a["name"] == "node-ip"), ""
                 ),

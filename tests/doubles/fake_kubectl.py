@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """TEST DOUBLE for kubectl (lab control plane host only): every command line goes to the fake cluster
-(fake_cluster.py), with the content of any `-f FILE`. Needs the admin kubeconfig kubeadm init wrote."""
+(fake_cluster.py), with the content of any `-f FILE`. Needs the admin kubeconfig kubeadm init wrote.
+
+Upstream contract: kubectl v1.36 against a v1.36 API server. `kubectl apply` sends fieldValidation=Strict
+(the default since kubectl 1.27, KEP-2885), so the server refuses unknown fields, wrong types and missing
+required fields: the fake cluster validates every applied object against the pinned Kubernetes OpenAPI
+schema (openapi_strict.py) and answers with the API server's messages; admission refuses a pod whose
+RuntimeClass does not exist. Exit status 1 and the server's message on stderr, as kubectl."""
 
 from __future__ import annotations
 

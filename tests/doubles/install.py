@@ -3,9 +3,15 @@ this machine's files). Only pyctl's lab tests call this; pyctl itself never inst
 
     install(lab, gpus={"node3": 2})
 
-Puts the doubles and a pure-Python PyYAML in /opt/pyctl-test-doubles, wrappers named kubeadm, kubectl,
-kubelet (and nvidia-smi on hosts given GPUs) in /usr/local/bin, a do-nothing kubelet.service, and each
-host's settings in /etc/pyctl-test-doubles/config.json.
+Puts the doubles, a pure-Python PyYAML and the pinned Kubernetes OpenAPI schema (compiled here from
+kubernetes-validate, openapi.json) in /opt/pyctl-test-doubles, wrappers named kubeadm, kubectl, kubelet
+(and nvidia-smi on hosts given GPUs) in /usr/local/bin, a do-nothing kubelet.service, and each host's
+settings in /etc/pyctl-test-doubles/config.json. GPU hosts also get the NVIDIA container runtime's double
+(/usr/bin/nvidia-container-runtime, plain runc) so the containerd role configures a real `nvidia` runtime.
+
+Host checks the lab cannot satisfy are waived by name in the settings (`lab_waived_checks`), never
+silently: the kubeadm double prints each as a WARNING naming the reason and records it. Today that is
+SystemVerification (cgroups v2) on container hosts of a machine whose kernel runs cgroups v1/v2 hybrid.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ FILES = (
     "fake_kubectl.py",
     "fake_nvidia_smi.py",
     "kubeadm_config.py",
+    "kubeadm_preflight.py",
+    "openapi_strict.py",
     "kubeadm_types.yaml",
 )
 WRAPPER = "#!/bin/sh\n# pyctl TEST DOUBLE (tests/doubles): stands in for {tool} on this lab host.\nexec {command}\n"
@@ -44,11 +52,18 @@ WantedBy=multi-user.target
 """
 
 
-def _payload() -> bytes:
+def _payload(version: str) -> bytes:
+    from tests.doubles import openapi_strict
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name in FILES:
             tar.add(HERE / name, arcname=name)
+        major_minor = ".".join(version.lstrip("v").split(".")[:2])
+        schema = json.dumps(openapi_strict.compile_schema(f"{major_minor}.0"), separators=(",", ":")).encode()
+        info = tarfile.TarInfo("openapi.json")
+        info.size = len(schema)
+        tar.addfile(info, io.BytesIO(schema))
         yaml_dir = Path(yaml.__file__).parent
         for path in sorted(yaml_dir.glob("*.py")):  # the pure-Python PyYAML: no compiled parts
             tar.add(path, arcname=f"yaml/{path.name}")
@@ -65,6 +80,10 @@ def _setup_script(settings: dict[str, Any], gpu: bool) -> str:
     if gpu:
         tools["nvidia-smi"] = f'{python}/fake_nvidia_smi.py "$@"'
     lines = ["set -e", "mkdir -p /etc/pyctl-test-doubles /var/log/pyctl-test-doubles"]
+    if gpu:
+        runtime = (HERE / "fake_nvidia_container_runtime").read_text()
+        lines.append(f"printf %s {shlex.quote(runtime)} > /usr/bin/nvidia-container-runtime")
+        lines.append("chmod 755 /usr/bin/nvidia-container-runtime")
     for tool, command in tools.items():
         text = WRAPPER.format(tool=tool, command=command)
         lines.append(f"printf %s {shlex.quote(text)} > /usr/local/bin/{tool}; chmod 755 /usr/local/bin/{tool}")
@@ -84,14 +103,21 @@ def configure(lab: Any, host: str, **settings: Any) -> None:
 def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.1") -> None:
     if lab.kind == "netns":
         raise ValueError("netns lab hosts share this machine's files: install the doubles on container or vm hosts")
-    payload = _payload()
+    payload = _payload(version)
     for host in lab.hosts:
         count = (gpus or {}).get(host.name, 0)
+        settings: dict[str, Any] = {"gpus": count, "version": version}
+        cgroup = lab.ssh(host, "stat -fc %T /sys/fs/cgroup", timeout=30).stdout.strip()
+        if cgroup != "cgroup2fs":
+            settings["lab_waived_checks"] = {
+                "SystemVerification": f"the lab host's /sys/fs/cgroup is {cgroup}, not cgroup2fs: this machine's kernel"
+                " runs cgroups v1/v2 hybrid and its container hosts inherit it (a real host must be on cgroups v2)"
+            }
         remote = (
             "rm -rf /opt/pyctl-test-doubles && mkdir -p /opt/pyctl-test-doubles && tar -x -C /opt/pyctl-test-doubles"
         )
         subprocess.run(lab.ssh_argv(host, remote), input=payload, check=True, capture_output=True, timeout=60)
-        script = _setup_script({"gpus": count, "version": version}, gpu=count > 0)
+        script = _setup_script(settings, gpu=count > 0)
         lab.ssh(host, script, timeout=60)
 
 

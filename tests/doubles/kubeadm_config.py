@@ -1,4 +1,5 @@
-"""Validate kubeadm configuration files the way kubeadm would, as far as pyctl's tests need.
+"""Validate kubeadm configuration files the way kubeadm v1.36 would, as far as pyctl's tests need (upstream
+source: kubeadm.k8s.io/v1beta4 and kubelet.config.k8s.io/v1beta1 Go types, commits in kubeadm_types.yaml).
 
 Used by the controller-side tests (tests/k8s/test_kubeadm_config.py, checked against the `jsonschema`
 package there) and by the kubeadm test double on lab hosts (tests/doubles/fake_kubeadm.py), where only

@@ -314,3 +314,26 @@ def test_every_manifest_pyctl_applies_passes_strict_validation(cluster):
         for document in yaml.safe_load_all(path.read_text()):
             if document and "kind" in document and not document["apiVersion"].startswith(("kubeadm.k8s", "kubelet.")):
                 assert openapi_strict.problems(document, cluster.schema(), path.name) == "", path.name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fake_kubeadm.py",
+        "kubeadm_preflight.py",
+        "kubeadm_config.py",
+        "fake_kubectl.py",
+        "openapi_strict.py",
+        "fake_cluster.py",
+        "kubelet_standin.py",
+        "fake_nvidia_container_runtime",
+    ],
+)
+def test_each_double_names_the_upstream_source_and_version_it_reproduces(name):
+    import re
+
+    path = Path(__file__).resolve().parents[1] / "doubles" / name
+    head = path.read_text().split("\n\n\n")[0] if name.endswith(".py") else path.read_text()
+    assert "TEST DOUBLE" in head or "test double" in head.lower()
+    assert re.search(r"[Uu]pstream", head), f"{name}: name the upstream source of the behaviour"
+    assert re.search(r"\bv?\d+\.\d+\b", head), f"{name}: name the upstream version"

@@ -2,10 +2,14 @@
 replaced by the test doubles of tests/doubles (installed on the lab hosts by this module only).
 
 One 3-host lab (node1: control plane and NFS server, node2 and node3: GPU workers with 1 and 2 GPUs) is
-shared by every test here, in order: a first converge, a second that changes nothing and mints no token,
-a join interrupted half-way that the next run repairs, the acceptance gate failing by name, the doctor's
-host probe, node add, no token anywhere pyctl writes, and reset. Package installation from pkgs.k8s.io is
-switched off in this module's inventory only (kubernetes_packages_enabled: false).
+shared by every test here, in order: a first converge (the node phases prepare_nodes and
+container_runtime for real first: the kubeadm double's preflight checks this host's real state, and the
+fake cluster reads each node's real `containerd config dump`), a second that changes nothing and mints
+no token, a join interrupted half-way that the next run repairs, the acceptance gate failing by name,
+the doctor's host probe, node add, a node_prep and a containerd regression failing the join with
+kubeadm's own message, no token anywhere pyctl writes, and reset. Package installation from pkgs.k8s.io
+and NVIDIA's repository is switched off in this module's inventory only (kubernetes_packages_enabled,
+containerd_nvidia_toolkit_install_enabled: false; the GPU hosts carry the toolkit's runtime double).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import yaml
 
 from tests.conftest import lab_leftovers, require_root, unique_lab_name
 from tests.doubles import install
+from tests.roles.conftest import container_forwarding_workaround
 
 pytestmark = pytest.mark.lab
 
 MY_PHASES = "kubernetes,control_plane,join_nodes,addons,verify"
+NODE_PHASES = "prepare_nodes,container_runtime"
 TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 
 
@@ -63,10 +69,12 @@ def k8s(tmp_path_factory) -> Ctx:
     try:
         lab = up(LabSpec(name=name, nodes=3, kind="container", gpu_nodes=2)).lab
         install.install(lab, gpus={"node2": 1, "node3": 2})
+        container_forwarding_workaround(lab)  # what node_prep cannot set in a container (tests/roles/conftest.py)
         data = yaml.safe_load(Path(lab.inventory_path).read_text())
         data["all"]["vars"].update(
             {
                 "kubernetes_packages_enabled": False,  # this test's inventory only: no pkgs.k8s.io here
+                "containerd_nvidia_toolkit_install_enabled": False,  # nor NVIDIA's repository
                 "control_plane_api_wait_seconds": 30,
                 "verify_timeout_seconds": 8,
                 "verify_poll_seconds": 1,
@@ -95,7 +103,7 @@ def argvs(ctx: Ctx, host: str, tool: str) -> list[list[str]]:
 
 
 def test_first_converge_initialises_joins_installs_addons_and_passes_the_gate(k8s):
-    result = k8s.bootstrap()
+    result = k8s.bootstrap(phases=f"{NODE_PHASES},{MY_PHASES}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     kubeadm = argvs(k8s, "node1", "kubeadm")
     # kubeadm validates the rendered configuration before init, and init runs once, never printing a token
@@ -116,6 +124,13 @@ def test_first_converge_initialises_joins_installs_addons_and_passes_the_gate(k8
     assert state["nodes"]["node3"]["labels"]["nvidia.com/gpu.present"] == "true"
     assert state["nodes"]["node2"]["gpus"] == 1 and "nvidia.com/gpu.present" not in state["nodes"]["node1"]["labels"]
     assert state["cluster"]["podSubnet"] == "10.244.0.0/16"
+    # what the nodes' real containerd says (config dump): the GPU hosts have the nvidia runtime pyctl configured
+    assert state["nodes"]["node3"]["runtimes"]["nvidia"] == "/usr/bin/nvidia-container-runtime"
+    assert "nvidia" not in state["nodes"]["node1"]["runtimes"] and "runc" in state["nodes"]["node1"]["runtimes"]
+    # the kubeadm double ran kubeadm's host checks; only what this machine's kernel cannot give is waived, loudly
+    (init_call,) = [c for c in install.calls(k8s.lab, "node1", "kubeadm") if c["argv"][0] == "init"]
+    cgroup = k8s.ssh("node1", "stat -fc %T /sys/fs/cgroup").strip()
+    assert init_call["preflight_waived"] == ([] if cgroup == "cgroup2fs" else ["SystemVerification"])
     applied = {
         "DaemonSet/kube-flannel/kube-flannel-ds",
         "RuntimeClass//nvidia",
@@ -209,6 +224,50 @@ def test_node_add_joins_one_host_and_touches_the_control_plane_only_for_its_toke
     assert control_plane_calls == [("kubeadm", "token", "create"), ("kubeadm", "token", "delete")]
     node3 = install.cluster_state(k8s.lab, "node1")["nodes"]["node3"]
     assert node3["labels"]["nvidia.com/gpu.present"] == "true"  # registered with it: no label call needed
+
+
+def _rejoin_node3(k8s: Ctx, phases: str = "kubernetes,join_nodes") -> subprocess.CompletedProcess:
+    k8s.kubectl("delete node node3")
+    k8s.ssh("node3", "kubeadm reset --force")
+    return k8s.pyctl("node", "add", "-i", str(k8s.inventory), "--host", "node3", "--phases", phases)
+
+
+def test_a_node_prep_regression_fails_the_join_with_kubeadms_own_message(k8s):
+    """ip_forward off (what a broken node_prep leaves) is refused by kubeadm's preflight, on the real host."""
+    (node3,) = [h for h in k8s.lab.hosts if h.name == "node3"]
+    forward = ["nsenter", f"--net=/run/netns/{node3.namespace}", "sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]
+    subprocess.run(forward, check=True, timeout=30)
+    try:
+        failed = _rejoin_node3(k8s)
+    finally:
+        container_forwarding_workaround(k8s.lab)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
+    assert "kubeadm join failed on node3" in failed.stderr
+    assert (
+        "[ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are not set to 1"
+        in failed.stderr
+    )
+    fixed = k8s.pyctl("node", "add", "-i", str(k8s.inventory), "--host", "node3", "--phases", "kubernetes,join_nodes")
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr
+
+
+def test_a_stopped_containerd_fails_the_join_and_the_container_runtime_phase_repairs_it(k8s):
+    k8s.ssh("node3", "systemctl stop containerd")
+    failed = _rejoin_node3(k8s)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
+    assert "[ERROR CRI]: could not connect to the container runtime" in failed.stderr
+    fixed = k8s.pyctl(
+        "node",
+        "add",
+        "-i",
+        str(k8s.inventory),
+        "--host",
+        "node3",
+        "--phases",
+        "container_runtime,kubernetes,join_nodes",
+    )
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr
+    assert "node3" in install.cluster_state(k8s.lab, "node1")["nodes"]
 
 
 def test_no_minted_token_appears_anywhere_pyctl_wrote_or_printed(k8s):
