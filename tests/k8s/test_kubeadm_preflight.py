@@ -84,3 +84,59 @@ def test_bridge_netfilter_is_not_a_kubeadm_check_since_1_30(kind, tmp_path, monk
     monkeypatch.setattr(preflight, "cri", lambda sock=None: [])
     monkeypatch.setattr(preflight, "ports", lambda numbers: [])
     assert preflight.errors(kind, proc(tmp_path)) == []
+
+
+@pytest.fixture
+def kubeadm(monkeypatch):
+    """The kubeadm double's module, loaded as on a lab host (its folder on sys.path), with die() raising."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(preflight.__file__).parent))
+    module = importlib.import_module("fake_kubeadm")
+    fake_common = sys.modules["fake_common"]
+
+    def die(tool, message, code=1):
+        raise SystemExit(message)
+
+    monkeypatch.setattr(fake_common, "die", die)
+    monkeypatch.setattr(fake_common, "config", dict)
+    monkeypatch.setattr(module.kubeadm_preflight, "errors", lambda kind: [])
+    return module
+
+
+def test_swap_on_fails_at_kubelet_start_unless_the_kubelet_allows_it(kubeadm, monkeypatch, capsys):
+    monkeypatch.setattr(kubeadm.kubeadm_preflight, "swap_on", lambda: True)
+    with pytest.raises(SystemExit, match="running with swap on is not supported, please disable swap"):
+        kubeadm.host_preflight("init", [{"kind": "KubeletConfiguration", "cgroupDriver": "systemd"}])
+    assert "[WARNING Swap]: swap is enabled" in capsys.readouterr().out
+    assert kubeadm.host_preflight("init", [{"kind": "KubeletConfiguration", "failSwapOn": False}]) == []
+
+
+def test_a_lab_waiver_is_printed_and_returned_never_silent(kubeadm, monkeypatch, capsys):
+    found = [("SystemVerification", preflight.CGROUP_V1)]
+    monkeypatch.setattr(kubeadm.kubeadm_preflight, "errors", lambda kind: found)
+    monkeypatch.setattr(kubeadm.kubeadm_preflight, "swap_on", lambda: False)
+    with pytest.raises(SystemExit, match=r"\[ERROR SystemVerification\]: cgroups v1 support is deprecated"):
+        kubeadm.host_preflight("join", [{}])
+    monkeypatch.setattr(kubeadm.fake_common, "config", lambda: {"lab_waived_checks": {"SystemVerification": "hybrid"}})
+    assert kubeadm.host_preflight("join", [{}]) == ["SystemVerification"]
+    assert "[WARNING SystemVerification]: cgroups v1" in capsys.readouterr().out
+
+
+def test_containerd_runtimes_are_read_from_either_config_version(kubeadm, monkeypatch):
+    v2 = (
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\ndefault_runtime_name = "runc"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\nBinaryName = ""\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+        'BinaryName = "/usr/bin/nvidia-container-runtime"\n'
+    )
+    v3 = v2.replace("version = 2", "version = 3").replace("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime")
+    for dump in (v2, v3):
+        monkeypatch.setattr(
+            kubeadm.subprocess, "run", lambda *a, dump=dump, **k: type("R", (), {"stdout": dump, "returncode": 0})()
+        )
+        assert kubeadm.containerd_facts() == {
+            "runtimes": {"runc": "", "nvidia": "/usr/bin/nvidia-container-runtime"},
+            "default_runtime": "runc",
+        }
