@@ -337,3 +337,21 @@ def test_each_double_names_the_upstream_source_and_version_it_reproduces(name):
     assert "TEST DOUBLE" in head or "test double" in head.lower()
     assert re.search(r"[Uu]pstream", head), f"{name}: name the upstream source of the behaviour"
     assert re.search(r"\bv?\d+\.\d+\b", head), f"{name}: name the upstream version"
+
+
+def test_pods_cannot_reach_services_where_bridge_netfilter_is_off(cluster):
+    """Not a kubeadm check since 1.30 (kubernetes/kubernetes#123464): the cluster shows the symptom instead."""
+    for node in cluster.data["nodes"].values():
+        node["bridge_nf_call_iptables"] = False
+    apply(cluster, "flannel.yaml")
+    apply(
+        cluster,
+        "round1.yaml",
+        yaml.safe_dump_all(
+            [d for d in yaml.safe_load_all(text("round1.yaml")) if d and "smoke" in d["metadata"]["name"]]
+        ),
+    )
+    (smoke,) = [p for p in get(cluster, "pods") if p["metadata"]["name"] == "pyctl-verify-smoke"]
+    assert smoke["status"]["phase"] == "Failed"
+    message = smoke["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert "i/o timeout" in message and "net.bridge.bridge-nf-call-iptables is not 1" in message
