@@ -94,7 +94,8 @@ def _setup_script(settings: dict[str, Any], gpu: bool) -> str:
 
 
 def configure(lab: Any, host: str, **settings: Any) -> None:
-    """Change one host's double settings (gpus, nvidia_smi_error, nvidia_default_runtime, version)."""
+    """Change one host's double settings (gpus, nvidia_smi_error, driver_version, cuda_version, nvidia_default_runtime,
+    version)."""
     current = json.loads(lab.ssh(host, "cat /etc/pyctl-test-doubles/config.json", timeout=30).stdout)
     current.update(settings)
     lab.ssh(host, f"printf %s {shlex.quote(json.dumps(current))} > /etc/pyctl-test-doubles/config.json", timeout=30)
