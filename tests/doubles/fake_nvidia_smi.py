@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""TEST DOUBLE for nvidia-smi (lab GPU hosts only), holding pyctl to the contract of the real one: nvidia-smi of
-NVIDIA driver branch 580 (580.95.05), as its manual (docs.nvidia.com/deploy/nvidia-smi, nvidia-smi(1)) describes:
+"""TEST DOUBLE for nvidia-smi (lab GPU hosts only), holding pyctl to the contract of the real one (upstream: nvidia-smi of
+NVIDIA driver branch 580 (580.95.05), as its manual (docs.nvidia.com/deploy/nvidia-smi, nvidia-smi(1)) describes):
 
 - `nvidia-smi -L` lists one "GPU i: NAME (UUID: ...)" line per GPU;
 - plain `nvidia-smi` prints the summary whose header says "Driver Version: X" and "CUDA Version: Y" (Y: the

@@ -327,6 +327,8 @@ def test_every_manifest_pyctl_applies_passes_strict_validation(cluster):
         "fake_cluster.py",
         "kubelet_standin.py",
         "fake_nvidia_container_runtime",
+        "fake_nvidia_smi.py",
+        "fake_nvidia_smi",
     ],
 )
 def test_each_double_names_the_upstream_source_and_version_it_reproduces(name):
