@@ -49,3 +49,25 @@ def test_the_two_systems_are_two_cached_images(monkeypatch):
 def test_an_unknown_or_impossible_os_is_a_usage_error(spec, message):
     with pytest.raises(UsageError, match=message):
         spec.validate()
+
+
+def test_lab_up_with_an_unknown_os_is_one_line_exit_2(capsys):
+    from pyctl import cli
+
+    assert cli.main(["lab", "up", "--kind", "container", "--os", "debian-14"]) == 2
+    err = capsys.readouterr().err
+    assert err == "pyctl: error: --os debian-14: lab hosts run one of debian-12, debian-13\n", err
+
+
+def test_a_labs_os_is_recorded_and_part_of_its_shape(tmp_path):
+    from pyctl.lab.model import Lab, plan_hosts, subnet_for
+
+    spec = LabSpec(name="t13", nodes=2, kind="container", os="debian-13")
+    lab = Lab(name="t13", kind="container", dir=tmp_path, subnet=subnet_for(7), hosts=plan_hosts(spec, subnet_for(7)))
+    lab.os = spec.os
+    lab.save()
+    loaded = Lab.load(tmp_path)
+    assert loaded is not None and loaded.os == "debian-13" and loaded.summary()["os"] == "debian-13"
+    assert loaded.same_shape(spec)
+    # debian-12 asked of a debian-13 lab: a clash, never a silent reuse
+    assert not loaded.same_shape(LabSpec(name="t13", nodes=2, kind="container"))
