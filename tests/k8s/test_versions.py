@@ -15,7 +15,7 @@ from pyctl.k8s import artifacts
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_FILE = ROOT / "roles" / "versions" / "defaults" / "main.yml"
 TABLE = yaml.safe_load(TABLE_FILE.read_text())["versions_kubernetes"]
-FACTS = {"patch", "cri_tools", "pause", "containerd_min"}
+FACTS = {"patch", "cri_tools", "pause", "containerd_min", "containerd_io"}
 
 # Upstream facts read for this table (2026-12): kubeadm v1.36's PauseVersion; Kubernetes 1.35 was the last
 # release for containerd 1.x. A change to the table must change these with its source.
@@ -43,9 +43,13 @@ def test_each_fact_has_its_upstream_source_noted_beside_it():
     for index, line in enumerate(lines):
         key = re.match(r"^\s{4}(\w+):", line)
         if key and key[1] in FACTS:
-            comment = lines[index - 1].strip()
-            assert comment.startswith("#") and re.search(r"https?://|\w+\.go|\.md|\.txt", comment), (
-                f"{TABLE_FILE.name}:{index + 1}: {key[1]} has no source comment above it"
+            above = []
+            for previous in reversed(lines[:index]):
+                if not previous.strip().startswith("#"):
+                    break
+                above.append(previous)
+            assert re.search(r"https?://|github\.com/|\w+\.go\b|\.md\b|apt-cache", " ".join(above)), (
+                f"{TABLE_FILE.name}:{index + 1}: {key[1]} has no source in the comment above it"
             )
 
 
@@ -77,10 +81,16 @@ def test_the_packages_come_from_the_table():
     assert ("cri-tools", f"{TABLE[minor]['cri_tools']}-1.1") in listed
 
 
-def test_the_containerd_pin_is_one_the_default_kubernetes_supports():
+def test_each_containerd_pin_is_one_its_kubernetes_supports():
+    for facts in TABLE.values():
+        pinned = facts["containerd_io"].split("-")[0]
+        assert tuple(map(int, pinned.split("."))) >= tuple(map(int, facts["containerd_min"].split(".")))
+
+
+def test_containerd_installs_the_tables_containerd_io():
     minor = DEFAULT_SETTINGS["kubernetes_version"]
-    pinned = defaults("containerd")["containerd_docker_version"].split("-")[0]
-    assert tuple(map(int, pinned.split("."))) >= tuple(map(int, TABLE[minor]["containerd_min"].split(".")))
+    listed = {(a.name, a.version) for a in artifacts.collect(ROOT / "roles") if a.role == "containerd"}
+    assert ("containerd.io", TABLE[minor]["containerd_io"]) in listed
 
 
 def test_the_kubeadm_double_reports_the_pinned_patch():

@@ -66,7 +66,7 @@ def test_the_default_source_is_a_containerd_the_default_kubernetes_supports():
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     table = yaml.safe_load((VERSIONS / "defaults" / "main.yml").read_text())["versions_kubernetes"]
     assert defaults["containerd_source"] == "docker"
-    pinned = tuple(int(x) for x in defaults["containerd_docker_version"].split("-")[0].split("."))
+    pinned = tuple(int(x) for x in table["1.36"]["containerd_io"].split("-")[0].split("."))
     assert pinned >= tuple(int(x) for x in table["1.36"]["containerd_min"].split("."))
 
 
