@@ -157,18 +157,20 @@ LabNameOpt = Annotated[str, typer.Option("--name", help="Lab name (letters, digi
 
 
 @lab_app.command("up")
-def lab_up(
+def lab_up(  # noqa: PLR0917 - typer passes options by keyword
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Hosts; host 1 is the control plane.")] = 3,
     kind: Annotated[str, typer.Option("--kind", help="vm (QEMU), container (nspawn) or netns.")] = "vm",
     gpu_nodes: Annotated[int, typer.Option("--gpu-nodes", help="Mark the last K hosts gpu=true.")] = 0,
     name: LabNameOpt = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the lab as JSON.")] = False,
+    os_name: Annotated[str, typer.Option("--os", help="vm/container hosts: debian-12 or debian-13.")] = "debian-12",
 ) -> None:
     """Create the lab (or find it up already) and print the path of its inventory."""
     from pyctl.commands.lab import run_up
     from pyctl.lab import LabSpec
 
-    raise typer.Exit(run_up(LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes), as_json))
+    spec = LabSpec(name=name, nodes=nodes, kind=kind, gpu_nodes=gpu_nodes, os=os_name)
+    raise typer.Exit(run_up(spec, as_json))
 
 
 @lab_app.command("down")

@@ -2,9 +2,9 @@
 
 One source: each role that downloads something lists it in its vars/main.yml as `_<role>_artifacts`
 (a list of {kind, name, version?, source?, checksum?}) written from the role's own variables. This
-module renders those lists with Ansible's templating and the same precedence a play uses (role
-defaults < inventory variables < role vars), so an inventory that points images at a mirror lists the
-mirror.
+module renders those lists with Ansible's templating and the same precedence a play uses (the defaults of
+the role's dependencies, then its own < inventory variables < role vars), so an inventory that points
+images at a mirror lists the mirror.
 """
 
 from __future__ import annotations
@@ -55,6 +55,15 @@ def _trusted(value: Any) -> Any:
     return value
 
 
+def _dependency_defaults(role: Path) -> dict[str, Any]:
+    """The defaults of the roles `role` lists in meta/main.yml (the version table comes in this way)."""
+    merged: dict[str, Any] = {}
+    for dependency in _load(role / "meta" / "main.yml").get("dependencies") or []:
+        name = dependency.get("role") if isinstance(dependency, dict) else dependency
+        merged.update(_load(role.parent / str(name) / "defaults" / "main.yml"))
+    return merged
+
+
 def collect(roles_dir: Path, inventory_vars: dict[str, Any] | None = None) -> list[Artifact]:
     """The artifacts of every role under `roles_dir`, in kind order, without repeats."""
     from ansible.errors import AnsibleError
@@ -67,7 +76,12 @@ def collect(roles_dir: Path, inventory_vars: dict[str, Any] | None = None) -> li
         key = f"_{role.name}_artifacts"
         if key not in role_vars:
             continue
-        variables = {**_load(role / "defaults" / "main.yml"), **(inventory_vars or {}), **role_vars}
+        variables = {
+            **_dependency_defaults(role),
+            **_load(role / "defaults" / "main.yml"),
+            **(inventory_vars or {}),
+            **role_vars,
+        }
         templar = Templar(loader=DataLoader(), variables=_trusted(variables))
         try:
             items = templar.template(_trusted(role_vars[key]))

@@ -40,7 +40,7 @@ PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 
 def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> None:
     """The shared image (built if needed) and the shared apt proxy."""
-    built = image.ensure(settings, progress)
+    built = image.ensure(settings, progress, lab.os)
     lab.image = built.hash
     lab.extra["image_dir"] = str(built.dir)
     lab.extra["apt_cache_port"] = aptcache.ensure(settings)

@@ -33,7 +33,15 @@ from pyctl.lab.model import Lab, lab_dirs
 from pyctl.lab.mounts import remove_tree, unmount_under
 from pyctl.lab.processes import run
 
-SUITE = "bookworm"
+# The operating systems lab hosts can run (`pyctl lab up --os`): name -> Debian suite. The image's packages are
+# the same for each.
+OPERATING_SYSTEMS = {"debian-12": "bookworm", "debian-13": "trixie"}
+DEFAULT_OS = "debian-12"
+SUITE = OPERATING_SYSTEMS[DEFAULT_OS]
+# No richer than a minimal server install: debootstrap's minbase (priority required) plus what the lab itself
+# needs to boot a VM and be reached by Ansible: a kernel, systemd, sshd, python3 (with python3-apt, which
+# Ansible's apt module would install itself) and sudo for become. Everything else a role uses (gnupg,
+# python3-debian, ca-certificates, curl, ...) the role must install, so a missing install step fails here first.
 PACKAGES = (
     "linux-image-amd64",
     "systemd-sysv",
@@ -49,9 +57,6 @@ PACKAGES = (
     "procps",
     "iputils-ping",
     "netbase",
-    "ca-certificates",
-    "gnupg",
-    "curl",
 )
 DISK_SIZE = "8G"
 SEED_DIR = "/run/pyctl-lab-seed"  # containers: bind-mounted here; VMs: unpacked here from fw_cfg
@@ -213,25 +218,30 @@ def host_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
     return sources
 
 
-def guest_sources(sources: list[AptSource]) -> list[AptSource]:
-    """The host's sources for our suite (bookworm, -updates, -security), which the lab hosts use too."""
-    return [
-        AptSource(s.uri, tuple(x for x in s.suites if x.startswith(SUITE)), ("main",), s.signed_by)
-        for s in sources
-        if any(x.startswith(SUITE) for x in s.suites) and "main" in s.components
-    ]
+def guest_sources(sources: list[AptSource], suite: str = SUITE) -> list[AptSource]:
+    """This machine's Debian sources, turned to `suite` (bookworm, -updates, -security on a bookworm machine
+    become trixie, trixie-updates, trixie-security for a Debian 13 lab): the lab hosts use them too."""
+    codenames = set(OPERATING_SYSTEMS.values())
+    found = []
+    for source in sources:
+        suites = tuple(
+            dict.fromkeys(suite + x[len(x.split("-")[0]) :] for x in source.suites if x.split("-")[0] in codenames)
+        )
+        if suites and "main" in source.components:
+            found.append(AptSource(source.uri, suites, ("main",), source.signed_by))
+    return found
 
 
-def mirror(sources: list[AptSource] | None = None) -> str:
-    """The Debian archive to debootstrap from: PYCTL_LAB_MIRROR, else this machine's `bookworm` source."""
+def mirror(sources: list[AptSource] | None = None, suite: str = SUITE) -> str:
+    """The Debian archive to debootstrap from: PYCTL_LAB_MIRROR, else this machine's Debian source."""
     override = os.environ.get("PYCTL_LAB_MIRROR")
     if override:
         return override.rstrip("/")
-    for source in guest_sources(host_sources() if sources is None else sources):
-        if SUITE in source.suites:
+    for source in guest_sources(host_sources() if sources is None else sources, suite):
+        if suite in source.suites:
             return source.uri
     raise MissingTools(
-        f"no Debian {SUITE} mirror in this machine's apt sources (/etc/apt/sources.list.d/*.sources)",
+        f"no Debian mirror for {suite} in this machine's apt sources (/etc/apt/sources.list.d/*.sources)",
         hint="set PYCTL_LAB_MIRROR to a Debian mirror (for example http://<mirror>/debian)",
     )
 
@@ -253,14 +263,15 @@ def sources_file(sources: list[AptSource]) -> str:
 # --- the recipe --------------------------------------------------------------------------------------
 
 
-def recipe() -> dict:
-    base = mirror()
-    sources = [s for s in guest_sources(host_sources()) if s.suites] or [
-        AptSource(base, (SUITE, f"{SUITE}-updates"), ("main",))
+def recipe(os_name: str = DEFAULT_OS) -> dict:
+    suite = OPERATING_SYSTEMS[os_name]
+    base = mirror(suite=suite)
+    sources = [s for s in guest_sources(host_sources(), suite) if s.suites] or [
+        AptSource(base, (suite, f"{suite}-updates"), ("main",))
     ]
     return {
         "version": RECIPE_VERSION,
-        "suite": SUITE,
+        "suite": suite,
         "variant": "minbase",
         "mirror": base,
         "packages": list(PACKAGES),
@@ -337,20 +348,20 @@ def in_use(settings: Settings) -> set[str]:
     return used
 
 
-def ensure(settings: Settings, progress: Callable[[str], None]) -> Image:
-    """The image for the current recipe, built first if the cache does not hold it."""
-    data = recipe()
+def ensure(settings: Settings, progress: Callable[[str], None], os_name: str = DEFAULT_OS) -> Image:
+    """The image of `os_name` for the current recipe, built first if the cache does not hold it."""
+    data = recipe(os_name)
     image = Image(images_dir(settings) / recipe_hash(data))
     if image.complete():
         return image
     with locked(images_dir(settings) / ".lock"):  # one build at a time; the others wait and reuse it
         if image.complete():
             return image
-        progress(f"building the lab image {image.hash} (debootstrap {SUITE}; a few minutes the first time)")
+        progress(f"building the lab image {image.hash} (debootstrap {data['suite']}; a few minutes the first time)")
         started = time.monotonic()
         _build(settings, data, image)
         progress(f"lab image built in {time.monotonic() - started:.0f} s")
-        prune(settings, keep={image.hash, *in_use(settings)})
+        prune(settings, keep={image.hash, *in_use(settings)}, suite=data["suite"])
     return image
 
 
@@ -458,11 +469,21 @@ def _export_kernel(rootfs: Path, build: Path, hint: str) -> None:
     shutil.copyfile(initrd, build / "initrd.img")
 
 
-def prune(settings: Settings, keep: set[str]) -> list[str]:
-    """Remove images of older recipes that no lab uses. Returns the hashes removed."""
+def _suite_of(path: Path) -> str | None:
+    try:
+        return json.loads((path / "recipe.json").read_text(encoding="utf-8")).get("suite")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prune(settings: Settings, keep: set[str], suite: str | None = None) -> list[str]:
+    """Remove images of older recipes that no lab uses (of `suite` only, when given: a Debian 13 build leaves the
+    Debian 12 image alone). Returns the hashes removed."""
     removed = []
     root = images_dir(settings)
     for path in root.iterdir() if root.is_dir() else []:
+        if suite is not None and _suite_of(path) not in (suite, None):
+            continue
         if path.is_dir() and not path.name.startswith(".") and path.name not in keep:
             remove_tree(path)
             path.with_name(f"build-{path.name}.log").unlink(missing_ok=True)

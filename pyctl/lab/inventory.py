@@ -31,6 +31,10 @@ def content(lab: Lab) -> dict[str, Any]:
         "nfs_allowed_cidr": lab.subnet,
         "pod_cidr": POD_CIDR,
         "service_cidr": SERVICE_CIDR,
+        # The lab reaches Debian's mirror only (no download.docker.com), whose containerd is 1.x: the lab runs
+        # it past the containerd role's refusal (Kubernetes 1.36 needs containerd 2.x), with its warning.
+        "containerd_source": "distribution",
+        "containerd_unsupported_version_enabled": True,
     }
     if lab.apt_proxy:
         all_vars["lab_apt_proxy"] = lab.apt_proxy

@@ -94,8 +94,8 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
         if existing is not None:
             if not existing.same_shape(spec):
                 raise LabNameClash(
-                    f"lab {spec.name!r} exists as {existing.nodes} {existing.kind} host(s), "
-                    f"not {spec.nodes} {spec.kind} host(s)",
+                    f"lab {spec.name!r} exists as {existing.nodes} {existing.kind} host(s) ({existing.os}), "
+                    f"not {spec.nodes} {spec.kind} host(s) ({spec.os})",
                     hint=f"run 'pyctl lab down --name {spec.name}' first, or pick another --name",
                 )
             if existing.phase == "ready" and not unhealthy_hosts(existing, module):
@@ -164,6 +164,7 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
             gpu_nodes=spec.gpu_nodes,
             vm_memory_mib=spec.vm_memory_mib,
             vm_cpus=spec.vm_cpus,
+            os=spec.os,
         )
         lab.save()  # first, so that down finds whatever the next steps leave if they fail
     module.prepare(lab, settings, progress)

@@ -63,6 +63,7 @@ class LabSpec:
     gpu_nodes: int = 0
     vm_memory_mib: int = 1024
     vm_cpus: int = 1
+    os: str = "debian-12"  # vm and container hosts: the image's operating system (pyctl.lab.image.OPERATING_SYSTEMS)
 
     def validate(self) -> LabSpec:
         check_name(self.name)
@@ -74,6 +75,12 @@ class LabSpec:
             raise UsageError(f"--gpu-nodes {self.gpu_nodes}: give 0 to {self.nodes} (the lab has {self.nodes} hosts)")
         if self.vm_memory_mib < 256 or self.vm_cpus < 1:
             raise UsageError("a VM needs at least 256 MiB of memory and 1 CPU")
+        from pyctl.lab.image import DEFAULT_OS, OPERATING_SYSTEMS
+
+        if self.os not in OPERATING_SYSTEMS:
+            raise UsageError(f"--os {self.os}: lab hosts run one of {', '.join(OPERATING_SYSTEMS)}")
+        if self.kind == "netns" and self.os != DEFAULT_OS:
+            raise UsageError(f"--os {self.os}: netns hosts run this machine's own system; use --kind container or vm")
         return self
 
 
@@ -114,6 +121,7 @@ class Lab:
     accel: str | None = None  # vm: kvm or tcg
     apt_proxy: str | None = None  # vm, container: http://gateway:3142
     extra: dict[str, Any] = field(default_factory=dict)
+    os: str = "debian-12"  # vm, container: the image's operating system
 
     # --- names and paths ------------------------------------------------------------------------
 
@@ -172,7 +180,7 @@ class Lab:
         return ", ".join(h.name for h in self.hosts)
 
     def same_shape(self, spec: LabSpec) -> bool:
-        return (self.kind, self.nodes) == (spec.kind, spec.nodes) and (
+        return (self.kind, self.nodes, self.os) == (spec.kind, spec.nodes, spec.os) and (
             self.kind != "vm" or (self.vm_memory_mib, self.vm_cpus) == (spec.vm_memory_mib, spec.vm_cpus)
         )
 
@@ -240,6 +248,7 @@ class Lab:
             "image": self.image,
             "accel": self.accel,
             "apt_proxy": self.apt_proxy,
+            "os": self.os,
             "namespace": self.namespace,
             "hosts": [h.to_dict() for h in self.hosts],
             "extra": self.extra,
@@ -250,6 +259,7 @@ class Lab:
         return {
             "name": self.name,
             "kind": self.kind,
+            "os": self.os,
             "inventory": str(self.inventory_path),
             "ssh_config": str(self.ssh_config_path),
             "namespace": self.namespace,
@@ -293,6 +303,7 @@ class Lab:
                 accel=data.get("accel"),
                 apt_proxy=data.get("apt_proxy"),
                 extra=data.get("extra", {}),
+                os=data.get("os", "debian-12"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None

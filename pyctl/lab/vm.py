@@ -50,7 +50,7 @@ TCG_CPU = "Nehalem"
 
 def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> None:
     """The shared image (built if needed), the accelerator, and the shared apt proxy."""
-    built = image.ensure(settings, progress)
+    built = image.ensure(settings, progress, lab.os)
     lab.image = built.hash
     lab.extra["image_dir"] = str(built.dir)
     lab.accel = accelerator(settings, built, progress)

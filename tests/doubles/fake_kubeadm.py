@@ -187,7 +187,7 @@ def start_kubelet() -> None:
 
 def version() -> int:
     fake_common.record(TOOL, sys.argv[1:])
-    print(fake_common.config().get("version", "v1.36.1"))
+    print(fake_common.config().get("version", "v1.36.5"))
     return 0
 
 

@@ -101,7 +101,7 @@ def configure(lab: Any, host: str, **settings: Any) -> None:
     lab.ssh(host, f"printf %s {shlex.quote(json.dumps(current))} > /etc/pyctl-test-doubles/config.json", timeout=30)
 
 
-def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.1") -> None:
+def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.5") -> None:
     if lab.kind == "netns":
         raise ValueError("netns lab hosts share this machine's files: install the doubles on container or vm hosts")
     payload = _payload(version)

@@ -294,7 +294,7 @@ def test_node_add_can_run_a_subset_of_the_node_phases(inv, kubeconfig, monkeypat
 def test_list_artifacts_needs_no_inventory_and_pins_everything(capsys, state_dir):
     assert cli.main(["bootstrap", "--list-artifacts"]) == 0
     out = capsys.readouterr().out
-    assert "package         kubeadm=1.36.1-1.1  (pkgs.k8s.io)" in out
+    assert "package         kubeadm=1.36.5-1.1  (pkgs.k8s.io)" in out
     assert "DE15B14486CD377B9E876E1A234654DA9A296436" in out
     assert "{{" not in out
 
@@ -330,8 +330,10 @@ def test_every_image_and_package_is_pinned():
 
 def test_node_roles_list_what_they_install_and_follow_the_inventory():
     listed = {(a.role, a.kind, a.name): a for a in artifacts.collect(ROOT / "roles")}
-    assert ("containerd", "package", "containerd") in listed
-    assert listed[("containerd", "image", "registry.k8s.io/pause:3.10.1")]
+    assert listed[("containerd", "package", "containerd.io")].version == "2.3.5-1"
+    # What the repository tasks need on the host first (listed once, though two roles install them).
+    assert {("package", p) for p in ("ca-certificates", "gnupg", "python3-debian")} <= {k[1:] for k in listed}
+    assert listed[("containerd", "image", "registry.k8s.io/pause:3.10.2")]
     assert listed[("containerd", "package", "nvidia-container-toolkit")].version == "1.18.0-1"
     assert ("nfs_server", "package", "nfs-kernel-server") in listed and (
         "nfs_client",
@@ -342,17 +344,21 @@ def test_node_roles_list_what_they_install_and_follow_the_inventory():
         (a.kind, a.name): a
         for a in artifacts.collect(
             ROOT / "roles",
-            {
-                "containerd_source": "docker",
-                "containerd_docker_version": "2.1.5-1",
-                "containerd_nvidia_toolkit_install_enabled": False,
-            },
+            {"containerd_docker_version": "2.1.5-1", "containerd_nvidia_toolkit_install_enabled": False},
         )
         if a.role == "containerd"
     }
     assert docker[("package", "containerd.io")].version == "2.1.5-1"
     assert ("apt-repository", "download.docker.com") in docker and ("package", "containerd") not in docker
     assert not any("nvidia" in name for _, name in docker)
+    distribution = {
+        (a.kind, a.name)
+        for a in artifacts.collect(
+            ROOT / "roles", {"containerd_source": "distribution", "containerd_nvidia_toolkit_install_enabled": False}
+        )
+        if a.role == "containerd"
+    }
+    assert ("package", "containerd") in distribution and ("package", "gnupg") not in distribution
 
 
 def test_bootstrap_without_inventory_is_still_a_usage_error(capsys):

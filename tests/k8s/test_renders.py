@@ -20,7 +20,7 @@ from tests.doubles import kubeadm_config
 from tests.tools import render_goldens
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBERNETES_SCHEMA_VERSION = "1.36.0"  # the minor pyctl pins (roles/kubernetes kubernetes_releases)
+KUBERNETES_SCHEMA_VERSION = "1.36.0"  # the minor pyctl pins (roles/versions versions_kubernetes)
 MANIFESTS = ("flannel.yaml", "nvidia-device-plugin.yaml", "shared-storage.yaml", "round1.yaml", "round2.yaml")
 SCENARIOS = render_goldens.scenarios()
 

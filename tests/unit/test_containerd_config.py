@@ -23,7 +23,7 @@ PLAYBOOK = """
 - hosts: localhost
   connection: local
   gather_facts: false
-  vars_files: [{role}/defaults/main.yml, {role}/vars/main.yml]
+  vars_files: [{role}/../versions/defaults/main.yml, {role}/defaults/main.yml, {role}/vars/main.yml]
   vars:
     __containerd_state: {{stdout_lines: ["version containerd containerd.io {version} 0123abc"]}}
   tasks:
@@ -86,12 +86,12 @@ def test_containerd_1x_gets_version_2_with_the_cri_plugin_table(tmp_path, versio
     assert root["imports"] == ["/etc/containerd/conf.d/*.toml"]
     cri = root["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
-    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.1"
+    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.2"
     assert "nvidia" not in cri["containerd"]["runtimes"]
     # After the 1.x section-replacing merge, runc keeps systemd cgroups and the pause image, and nvidia is there.
     merged = merged_like_containerd_1x(root, drop_in)["plugins"]["io.containerd.grpc.v1.cri"]
     assert merged["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
-    assert merged["sandbox_image"] == "registry.k8s.io/pause:3.10.1"
+    assert merged["sandbox_image"] == "registry.k8s.io/pause:3.10.2"
     assert merged["registry"]["config_path"] == "/etc/containerd/certs.d"
     nvidia = merged["containerd"]["runtimes"]["nvidia"]
     assert nvidia["options"] == {"BinaryName": "/usr/bin/nvidia-container-runtime", "SystemdCgroup": True}
@@ -110,7 +110,7 @@ def test_containerd_2x_gets_version_3_with_the_moved_cri_tables(tmp_path):
     runtime = root["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]
     assert runtime["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
     images = root["plugins"]["io.containerd.cri.v1.images"]
-    assert images["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10.1"
+    assert images["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10.2"
     assert images["snapshotter"] == "overlayfs"
     # The drop-in carries the whole runtime section, so either merge strategy gives the same result.
     merged = merged_like_containerd_1x(root, drop_in)["plugins"]
