@@ -8,7 +8,7 @@ payload (`payloads/ddp/train.py`) or the user's own `--script`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -291,10 +291,6 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
         script_text=text,
         options=options,
     )
-
-
-def with_request(job: DdpJob, **changes: Any) -> DdpJob:
-    return replace(job, request=replace(job.request, **changes))
 
 
 # --- what runs on each node ---------------------------------------------------------------------------
