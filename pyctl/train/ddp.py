@@ -21,6 +21,7 @@ KINDS = ("indexed-job", "pytorchjob")
 DEFAULT_IMAGE_CPU = "pyctl-ddp:cpu"
 DEFAULT_IMAGE_GPU = "pyctl-ddp:cuda"
 IMAGE_PAYLOAD = "/opt/pyctl/ddp/train.py"  # where the payload image (payloads/ddp/Dockerfile) keeps it
+PAYLOAD_MODULES = ("loaders.py", "checkpoint.py")  # train.py imports them from its own folder
 USER_SCRIPT_DIR = "/opt/pyctl/user"  # where a --script is mounted in pods (from a ConfigMap)
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_CLAIM = "pyctl-shared"  # the claim the k8s storage phase makes (shared_storage_pvc_name)
@@ -83,6 +84,7 @@ class DdpJob:
     script_name: str = "train.py"
     script_text: bytes = b""
     options: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, bytes] = field(default_factory=dict)  # what travels beside the script (our payload's)
 
     @property
     def world_size(self) -> int:
@@ -290,6 +292,9 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
         script_name=script_name,
         script_text=text,
         options=options,
+        modules={}
+        if r.script
+        else {name: (project_dir / "payloads" / "ddp" / name).read_bytes() for name in PAYLOAD_MODULES},
     )
 
 
@@ -359,7 +364,7 @@ def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]
                 address=host.address,
                 argv=tuple(argv),
                 env=env,
-                files={job.script_name: job.script_text},
+                files={**job.modules, job.script_name: job.script_text},
             )
         )
     return launches

@@ -149,3 +149,21 @@ def test_a_dead_supervisor_is_noticed_at_once_even_for_a_young_job():
     assert not train._job_alive(young)
     old = JobRecord(id="ddp-old", workload="ddp", backend="ssh", created=time.time() - 60)
     assert not train._job_alive(old), "no pid a minute after creation: the start failed"
+
+
+def test_the_payloads_modules_travel_with_it_over_ssh(inventory, tmp_path):
+    """train.py imports loaders.py and checkpoint.py from its own folder: each host gets all three;
+    a user's --script travels alone."""
+    from pyctl import inventory as inv
+    from pyctl.train import ddp
+
+    cluster = inv.load(inventory, cache_dir=tmp_path / "cache")
+    repo = Path(__file__).resolve().parents[2]
+    job = ddp.resolve(ddp.DdpRequest(inventory=inventory, backend="ssh", iface="eth1"), cluster, repo)
+    files = ddp.ssh_launches(job, "ddp-test", {h.name: "/py" for h in job.hosts})[0].files
+    assert sorted(files) == ["checkpoint.py", "loaders.py", "train.py"]
+    assert files["loaders.py"] == (repo / "payloads" / "ddp" / "loaders.py").read_bytes()
+    script = tmp_path / "mine.py"
+    script.write_text("print('hello')\n")
+    job = ddp.resolve(ddp.DdpRequest(inventory=inventory, backend="ssh", iface="eth1", script=script), cluster, repo)
+    assert sorted(ddp.ssh_launches(job, "ddp-test", {h.name: "/py" for h in job.hosts})[0].files) == ["mine.py"]
