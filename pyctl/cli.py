@@ -433,6 +433,17 @@ def train_cancel(job: JobArg) -> None:
     raise typer.Exit(run_cancel(job))
 
 
+@train_app.command("fetch")
+def train_fetch(
+    job: JobArg,
+    dest: Annotated[Path, typer.Argument(help="Folder to copy into (made when missing).", show_default=False)],
+) -> None:
+    """Copy a job's checkpoint (verified against its sha256) and metrics from node 0 or the share."""
+    from pyctl.commands.train_fetch import run_fetch
+
+    raise typer.Exit(run_fetch(job, dest))
+
+
 def _handle(exc: BaseException, show_traceback: bool) -> int:
     """Map an exception to one clear stderr line and an exit code."""
     from pyctl.errors import ExitCode, PyctlError

@@ -356,6 +356,9 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "namespace": job.request.namespace,
             "kind": job.request.kind,
             "name": job_id,
+            "image": job.image,  # image, claim and its mount: what `pyctl train fetch` runs its pod with
+            "claim": job.request.claim,
+            "claim_mount": job.request.claim_mount,
         },
     )
     return _submit_k8s(settings, record, documents, follow)

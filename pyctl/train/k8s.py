@@ -7,6 +7,7 @@ prefixes (i = the completion index; for a PyTorchJob, Master = 0 and Worker k = 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -234,3 +235,28 @@ class Client:
                 merged.close()
                 return outcome
             time.sleep(poll)
+
+    # -- one-off pods (pyctl train fetch) ----------------------------------------------------------
+
+    def run_pod(self, manifest: dict[str, Any], timeout: float, poll: float = 1.0) -> str:
+        """Create a pod, wait until it has run to the end, return its log; the pod is deleted in any case."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        self._call("create the fetch pod", self.core.create_namespaced_pod, namespace, manifest)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                pod = self._call("read the fetch pod", self.core.read_namespaced_pod, name, namespace)
+                phase = pod.status.phase if pod.status else None
+                if phase in ("Succeeded", "Failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise KubeError(f"the fetch pod {namespace}/{name} did not finish in {timeout:.0f} s ({phase})")
+                time.sleep(poll)
+            text = str(self._call("read the fetch pod's log", self.core.read_namespaced_pod_log, name, namespace))
+            if phase == "Failed":
+                raise KubeError(f"the fetch pod {namespace}/{name} failed: {text.strip()[-300:]}")
+            return text
+        finally:
+            # A pod left behind has ended (restartPolicy Never) and holds nothing but its log.
+            with contextlib.suppress(Exception):
+                self.core.delete_namespaced_pod(name, namespace)
