@@ -317,6 +317,10 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         str | None, typer.Option("--eval-fanouts", help="For validation and test; -1 = all (--eval-fanouts=-1,-1).")
     ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.01).")] = None,
+    script: Annotated[
+        Path | None,
+        typer.Option("--script", help="Your own DistDGL trainer instead of ours; its arguments after '--'."),
+    ] = None,
     port: Annotated[int, typer.Option("--port", help="First DGL server port (server s: port + s).")] = 30050,
     peer_timeout: Annotated[
         float, typer.Option("--peer-timeout", help="Seconds for peers to resolve and to meet before failing.")
@@ -368,6 +372,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         eval_fanouts=eval_fanouts,
         lr=lr,
         train_args=tuple(ctx.args),
+        script=script,
         port=port,
         peer_timeout=peer_timeout,
         partition_timeout=partition_timeout,
