@@ -129,6 +129,13 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
         pool = cluster.nodes or list(cluster.hosts)
         if request.gpus_per_node > 0:
             pool = [h for h in pool if h.gpu]
+    if not pool and request.gpus_per_node > 0:
+        raise UsageError(
+            f"--gpus-per-node {request.gpus_per_node} but the inventory has no GPU hosts (gpu=true)",
+            hint="mark GPU hosts with gpu=true in the inventory, or name the hosts with --hosts",
+        )
+    if not pool:
+        raise UsageError("the inventory has no hosts for this job", hint="add hosts to control_plane or workers")
     wanted = nodes if nodes is not None else len(pool)
     if wanted > len(pool):
         what = "GPU hosts (gpu=true)" if request.gpus_per_node > 0 and not request.hosts else "hosts"
