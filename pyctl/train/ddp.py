@@ -146,6 +146,17 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
     return tuple(pool[:wanted])
 
 
+def refuse_iface_on_k8s(iface: str | None) -> None:
+    """--iface names a host's NIC; a pod has its own network namespace (eth0 on flannel), and gloo/NCCL
+    find the pod's address from its host name, so the host's name would break the job."""
+    if iface:
+        raise UsageError(
+            f"--iface {iface} is for --backend ssh: pods do not have the hosts' interfaces (on flannel only eth0)",
+            hint="leave --iface out for Kubernetes (pods use their own address); to force one, "
+            "--env GLOO_SOCKET_IFNAME=eth0",
+        )
+
+
 def _check_flags(r: DdpRequest) -> None:
     if r.backend not in BACKENDS:
         raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -171,6 +182,7 @@ def _check_flags(r: DdpRequest) -> None:
     if r.checkpoint_dir is not None:
         _absolute("--checkpoint-dir", r.checkpoint_dir)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         mount = _absolute("--claim-mount", r.claim_mount)
         if r.checkpoint_dir and not PurePosixPath(r.checkpoint_dir).is_relative_to(mount):
             raise UsageError(

@@ -27,7 +27,14 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.ddp import BACKENDS, DEFAULT_CLAIM, DEFAULT_CLAIM_MOUNT, DEFAULT_NAMESPACE, _parse_env
+from pyctl.train.ddp import (
+    BACKENDS,
+    DEFAULT_CLAIM,
+    DEFAULT_CLAIM_MOUNT,
+    DEFAULT_NAMESPACE,
+    _parse_env,
+    refuse_iface_on_k8s,
+)
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -154,6 +161,7 @@ def _check_flags(r: DistDglRequest) -> None:
         if not value > 0:
             raise UsageError(f"{flag} {value}: must be a positive number of seconds")
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         _absolute("--claim-mount", r.claim_mount)
         for flag, value in (
             ("--shared-path", r.shared_path),
@@ -289,8 +297,6 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
             )
         share = r.claim_mount.rstrip("/")
     base_env = {"PYTHONUNBUFFERED": "1", "DGLBACKEND": "pytorch"}
-    if r.iface:
-        base_env["GLOO_SOCKET_IFNAME"] = r.iface
     base_env.update(env)
     partition_args = _graph(r, share)
     train_args = _train(r)

@@ -65,10 +65,6 @@ def _env(job: DdpJob, job_id: str, service: str, *, rank_from_index: bool) -> li
     values = {"PYCTL_JOB_ID": job_id, **job.env}
     if r.checkpoint_dir:
         values["PYCTL_CHECKPOINT_DIR"] = r.checkpoint_dir
-    if r.iface:
-        values["GLOO_SOCKET_IFNAME"] = r.iface
-        if r.gpus_per_node:
-            values["NCCL_SOCKET_IFNAME"] = r.iface
     env += [{"name": k, "value": v} for k, v in values.items()]
     return env
 

@@ -65,6 +65,7 @@ def _fails(capsys, *args: str) -> str:
         (["--epochs", "0"], "--epochs 0: must be 1 or more"),
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' is not NAME=VALUE"),
         (["--backend", "ssh", "--image", "x"], "--image is for --backend k8s"),
+        (["--iface", "enp3s0"], "--iface enp3s0 is for --backend ssh: pods do not have the hosts' interfaces"),
         ([], "no kubeconfig for cluster cp1 at "),
         (["--backend", "ssh"], "no key for the training user 'pyctl'"),
     ],
