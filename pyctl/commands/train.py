@@ -555,6 +555,8 @@ def run_cancel(name: str) -> int:
         return ExitCode.OK
     record = cancel_job(store, record)
     _say(f"job {record.id} {record.state}: {record.message}")
+    if record.ssh.get("not_stopped"):
+        return ExitCode.UNREACHABLE
     return ExitCode.OK if record.final else ExitCode.HOST_FAILED
 
 
