@@ -52,3 +52,24 @@ def test_setup_makes_the_environment_and_converges(train_lab, tmp_path):
     assert second.returncode == 0, str(second)
     assert "environment is ready" in second.stderr
     assert "changed" not in second.stdout or all(n == 0 for n in _recap_changed(second.stdout)), second.stdout
+
+
+def test_setup_refuses_an_interpreter_older_than_the_pins_need_before_changing_anything(train_lab, tmp_path):
+    """Ubuntu 22.04's python3 is 3.10; the payload's pins need 3.11. A stand-in interpreter that reports
+    3.10 (netns hosts share this machine's files) is refused on each host, naming the host, the version
+    and what to do, before the environment's folder is made."""
+    inventory = _inventory(train_lab, tmp_path)
+    old = tmp_path / "python3.10"
+    old.write_text(
+        "#!/bin/sh\n# Stands in for Ubuntu 22.04's /usr/bin/python3: only the version probe runs.\necho 3.10\n"
+    )
+    old.chmod(0o755)
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["vars"]["train_env_python"] = str(old)
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = pyctl(train_lab.state_dir, "train", "setup", "-i", str(inventory), timeout=600)
+    assert run.returncode == 1, str(run)
+    for host in ("node1", "node2"):
+        assert f"{old} on {host} is Python 3.10" in run.stderr + run.stdout, str(run)
+    assert "need Python 3.11 or newer" in run.stderr + run.stdout and "set train_env_python" in run.stderr
+    assert not (tmp_path / "venvs").exists(), "nothing was made"
