@@ -14,6 +14,7 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 DATASETS = ("fashion-mnist", "digits")
 BACKENDS = ("k8s", "ssh")
@@ -66,6 +67,7 @@ class DdpRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,11 @@ def refuse_iface_on_k8s(iface: str | None) -> None:
         )
 
 
+def check_start_timeout(seconds: float) -> None:
+    if not seconds >= 0:
+        raise UsageError(f"--start-timeout {seconds}: give seconds (0 waits for ever)")
+
+
 def _check_flags(r: DdpRequest) -> None:
     if r.backend not in BACKENDS:
         raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -177,6 +184,7 @@ def _check_flags(r: DdpRequest) -> None:
             raise UsageError(f"{flag} {value}: must be {low} or more")
     if r.lr is not None and not r.lr > 0:
         raise UsageError(f"--lr {r.lr}: must be a positive number")
+    check_start_timeout(r.start_timeout_s)
     if not 1024 <= r.master_port <= 65535:
         raise UsageError(f"--master-port {r.master_port}: use a port from 1024 to 65535")
     if r.checkpoint_dir is not None:

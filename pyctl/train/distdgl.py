@@ -33,8 +33,10 @@ from pyctl.train.ddp import (
     DEFAULT_CLAIM_MOUNT,
     DEFAULT_NAMESPACE,
     _parse_env,
+    check_start_timeout,
     refuse_iface_on_k8s,
 )
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -90,6 +92,7 @@ class DistDglRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def _check_flags(r: DistDglRequest) -> None:
     for flag, value in (("--peer-timeout", r.peer_timeout), ("--partition-timeout", r.partition_timeout)):
         if not value > 0:
             raise UsageError(f"{flag} {value}: must be a positive number of seconds")
+    check_start_timeout(r.start_timeout_s)
     if r.backend == "k8s":
         refuse_iface_on_k8s(r.iface)
         _absolute("--claim-mount", r.claim_mount)
