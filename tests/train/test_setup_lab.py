@@ -73,3 +73,23 @@ def test_setup_refuses_an_interpreter_older_than_the_pins_need_before_changing_a
         assert f"{old} on {host} is Python 3.10" in run.stderr + run.stdout, str(run)
     assert "need Python 3.11 or newer" in run.stderr + run.stdout and "set train_env_python" in run.stderr
     assert not (tmp_path / "venvs").exists(), "nothing was made"
+
+
+def test_hosts_sharing_the_environments_folder_build_it_once(train_lab, tmp_path):
+    """netns hosts share this machine's files: one folder for both (like the default /opt/pyctl/venvs/ddp
+    there) is built by one host, not by two pips at once into one virtualenv; both check it imports."""
+    inventory = _inventory(train_lab, tmp_path)
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["vars"]["train_env_dir"] = str(tmp_path / "venvs" / "shared")
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = pyctl(train_lab.state_dir, "train", "setup", "-i", str(inventory), timeout=600)
+    assert run.returncode == 0, str(run)
+    assert (tmp_path / "venvs" / "shared" / "bin" / "python").exists()
+    pip = [
+        ln.split()[1]
+        for ln in run.stdout.splitlines()
+        if ln.endswith("Ensure the virtualenv has the pinned requirements")
+    ]
+    assert sorted(pip) == ["changed", "skipped"], run.stdout
+    checks = [ln.split()[1] for ln in run.stdout.splitlines() if ln.endswith("Check that the import worked")]
+    assert checks == ["ok", "ok"], run.stdout
