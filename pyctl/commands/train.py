@@ -326,7 +326,7 @@ def _mark_lost(store: JobStore, record: JobRecord) -> JobRecord:
     def change(rec: JobRecord) -> None:
         if not rec.final:
             rec.state, rec.exit_code = "failed", 1
-            rec.message = "the supervisor died; its hosts' process groups stopped when its connections closed"
+            rec.message = f"the supervisor died before recording how the job ended ('pyctl train logs {rec.id}')"
             rec.finished = time.time()
 
     return store.update(record.id, change)

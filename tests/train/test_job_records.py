@@ -71,3 +71,14 @@ def test_a_failed_write_of_the_process_groups_is_reported_not_swallowed(state_di
     record = store.load("ddp-pgids")
     assert record.state == "succeeded"
     assert "process group ids not recorded in the job record" in record.message, record.message
+
+
+def test_a_lost_supervisor_is_recorded_without_claiming_what_nobody_saw(state_dir, tmp_path):
+    from pyctl.commands import train
+
+    store = JobStore(load_settings())
+    store.create(_ssh_record("ddp-lost", tmp_path))
+    record = train._mark_lost(store, store.load("ddp-lost"))
+    assert record.state == "failed" and record.exit_code == 1
+    assert record.message.startswith("the supervisor died before recording how the job ended"), record.message
+    assert "stopped when" not in record.message
