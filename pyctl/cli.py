@@ -42,6 +42,9 @@ RenderOpt = Annotated[
     Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
 ]
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")]
+StartTimeoutOpt = Annotated[
+    float, typer.Option("--start-timeout", help="k8s --follow: seconds for every pod to start, else fail (0: wait).")
+]
 
 
 def _version(value: bool) -> None:
@@ -250,6 +253,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
     from pyctl.commands.train import run_ddp
@@ -284,6 +288,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
         namespace=namespace,
         claim=claim,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_ddp(request, render, follow))
 
@@ -350,6 +355,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
     from pyctl.commands.train import run_distdgl
@@ -388,6 +394,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         namespace=namespace,
         claim=claim,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_distdgl(request, render, follow))
 

@@ -34,7 +34,10 @@ from pyctl.train.ddp import (
     DEFAULT_NAMESPACE,
     MAX_SCRIPT_BYTES,
     _parse_env,
+    check_start_timeout,
+    refuse_iface_on_k8s,
 )
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -92,6 +95,7 @@ class DistDglRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,9 @@ def _check_flags(r: DistDglRequest) -> None:
     for flag, value in (("--peer-timeout", r.peer_timeout), ("--partition-timeout", r.partition_timeout)):
         if not value > 0:
             raise UsageError(f"{flag} {value}: must be a positive number of seconds")
+    check_start_timeout(r.start_timeout_s)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         _absolute("--claim-mount", r.claim_mount)
         for flag, value in (
             ("--shared-path", r.shared_path),
@@ -337,8 +343,6 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
             )
         share = r.claim_mount.rstrip("/")
     base_env = {"PYTHONUNBUFFERED": "1", "DGLBACKEND": "pytorch"}
-    if r.iface:
-        base_env["GLOO_SOCKET_IFNAME"] = r.iface
     base_env.update(env)
     partition_args = _graph(r, share)
     script_name, script_text = _script(r)
