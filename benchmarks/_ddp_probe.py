@@ -97,11 +97,12 @@ def main() -> int:
                 "main_thread_cpu_ms": round(min(r[2] for r in results) * 1e3, 2),
                 "step_ms_all": [round(r[0] * 1e3, 1) for r in results],
             }
-        buckets = {
-            name: [int(b) for b in str(m._get_ddp_logging_data().get("bucket_sizes", "")).split(",") if b]
-            for name, m in models.items()
-            if not name.startswith("compute")
-        }
+        buckets = {}  # after the first steps DDP rebuilds its buckets in the order gradients became ready
+        for name, model in models.items():
+            if not name.startswith("compute"):
+                data = model._get_ddp_logging_data()
+                sizes = data.get("rebuilt_bucket_sizes") or data.get("bucket_sizes") or ""
+                buckets[name] = [int(b) for b in str(sizes).split(",") if b]
         probe = {
             "world_size": world,
             "cpus": os.cpu_count(),
