@@ -9,7 +9,12 @@
    training loop (start-up and evaluation excluded); the first epoch is warm-up and left out.
    As a yardstick, two independent 1-rank jobs run at once (no communication at all): what this
    machine gives two busy processes. t2 against that ceiling is the DDP overhead proper.
-2. Time to 0.90 test accuracy on scikit-learn's digits with 2 ranks (the tests' configuration).
+2. Where a 2-rank step goes (benchmarks/_ddp_probe.py under torchrun): the step with no all-reduce
+   at all (no_sync), with DDP's defaults and as the payload builds DDP; wall and CPU time per step
+   (the CPU beyond the main thread is gloo's and the reducer's threads); the share of a step spent in
+   communication (1 - compute-only / DDP step); the gradient against the buckets; an all-reduce of
+   the gradient's size alone and the bandwidth per link it gives; gloo's threads against the cores.
+3. Time to 0.90 test accuracy on scikit-learn's digits with 2 ranks (the tests' configuration).
 
 The CPUs may be shared with other work this process cannot see. Each run reports the outside load
 (CPU busy time in /proc/stat less the CPU time of our own processes, in cores), and before each run
@@ -37,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "payloads" / "ddp" / "train.py"
+PROBE = Path(__file__).resolve().parent / "_ddp_probe.py"
 TARGET_EFFICIENCY = 0.85
 TARGET_ACCURACY = 0.90
 QUIET_CORES = 0.25
@@ -174,6 +180,43 @@ def run_jobs(python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: fl
     return logs[0], run
 
 
+def probe_split(python: Path, batch_size: int, max_wait: float) -> dict:
+    """Run _ddp_probe.py on 2 ranks; print where a step goes; return its figures."""
+    quiet_before = wait_for_quiet(max_wait)
+    argv = [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(PROBE)]
+    with LoadMeter() as meter:
+        done = subprocess.run(
+            [*argv, "--batch-size", str(batch_size)], env=payload_env(), capture_output=True, text=True, check=False
+        )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("DDP_PROBE ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"ddp_scaling: the probe failed (rc={done.returncode}):\n{done.stderr[-3000:]}")
+    probe = json.loads(line.split(" ", 1)[1])
+    steps = probe["steps"]
+    compute = steps["compute only (no_sync)"]
+    print(
+        f"where a 2-rank step goes (batch {batch_size} per rank, best of 3; outside load "
+        f"{meter.outside_cores:.2f} cores, {quiet_before:.2f} just before):"
+    )
+    for name, fig in steps.items():
+        comm_wall = 1 - compute["step_ms"] / fig["step_ms"]
+        comm_cpu = 1 - compute["cpu_ms"] / fig["cpu_ms"]
+        buckets = probe["bucket_bytes"].get(name)
+        print(
+            f"  {name:>24}: step {fig['step_ms']:6.2f} ms wall, {fig['cpu_ms']:6.2f} ms CPU "
+            f"({fig['cpu_ms'] - fig['main_thread_cpu_ms']:.2f} ms off the main thread)"
+            + ("" if buckets is None else f"; communication {comm_wall:.1%} of the step, {comm_cpu:.1%} of its CPU")
+            + ("" if buckets is None else f"; buckets {[round(b / 2**20, 2) for b in buckets]} MiB")
+        )
+    print(
+        f"  gradient {probe['gradient_bytes'] / 2**20:.2f} MiB; all-reduce of it alone {probe['allreduce_ms']:.2f} ms "
+        f"= {probe['allreduce_gbps_per_link']:.2f} GB/s per link; gloo {probe['gloo_threads_per_rank']} threads "
+        f"per rank, {probe['world_size']} ranks on {probe['cpus']} CPUs"
+    )
+    probe["outside_cores"] = round(meter.outside_cores, 2)
+    return probe
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per epoch and rank (default: 40)")
@@ -238,6 +281,15 @@ def main() -> int:
                 "describe the machine's sharing, not the payload; rerun when the machine is quiet"
             )
 
+        probe = probe_split(python, args.batch_size, args.quiet_wait)
+        payload_step = probe["steps"]["DDP, the payload's"]
+        compute_step = probe["steps"]["compute only (no_sync)"]
+        print(
+            f"all-reduce bandwidth per link {probe['allreduce_gbps_per_link']:.2f} GB/s; communication "
+            f"{1 - compute_step['step_ms'] / payload_step['step_ms']:.1%} of a payload step; "
+            f"efficiency {efficiency:.3f}, {t2 / ceiling:.3f} of the machine's ceiling (target >= 0.90)"
+        )
+
         records, digits = run_jobs(python, [(2, DIGITS_FLAGS, work / "digits.jsonl")], args.quiet_wait)
         epochs = [r for r in records if r["event"] == "epoch"]
         reached = next((r for r in epochs if r["test_accuracy"] >= TARGET_ACCURACY), None)
@@ -263,6 +315,10 @@ def main() -> int:
         "ddp_vs_ceiling": round(t2 / ceiling, 3),
         "max_outside_load_cores": round(worst, 2),
         "reliable": worst < QUIET_CORES,
+        "allreduce_gbps_per_link": probe["allreduce_gbps_per_link"],
+        "comm_share_of_step": round(1 - compute_step["step_ms"] / payload_step["step_ms"], 3),
+        "comm_share_of_step_cpu": round(1 - compute_step["cpu_ms"] / payload_step["cpu_ms"], 3),
+        "probe": probe,
         "digits_seconds_to_0.90": None if to_target is None else round(to_target, 2),
         "digits_final_test_accuracy": final["test_accuracy"],
         "digits_job_wall_s": round(digits.wall_s, 1),

@@ -42,6 +42,9 @@ RenderOpt = Annotated[
     Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
 ]
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")]
+StartTimeoutOpt = Annotated[
+    float, typer.Option("--start-timeout", help="k8s --follow: seconds for every pod to start, else fail (0: wait).")
+]
 
 
 def _version(value: bool) -> None:
@@ -252,6 +255,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
     from pyctl.commands.train import run_ddp
@@ -286,6 +290,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
         namespace=namespace,
         claim=claim,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_ddp(request, render, follow))
 
@@ -319,6 +324,10 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         str | None, typer.Option("--eval-fanouts", help="For validation and test; -1 = all (--eval-fanouts=-1,-1).")
     ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.01).")] = None,
+    script: Annotated[
+        Path | None,
+        typer.Option("--script", help="Your own DistDGL trainer instead of ours; its arguments after '--'."),
+    ] = None,
     port: Annotated[int, typer.Option("--port", help="First DGL server port (server s: port + s).")] = 30050,
     peer_timeout: Annotated[
         float, typer.Option("--peer-timeout", help="Seconds for peers to resolve and to meet before failing.")
@@ -348,6 +357,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
     from pyctl.commands.train import run_distdgl
@@ -370,6 +380,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         eval_fanouts=eval_fanouts,
         lr=lr,
         train_args=tuple(ctx.args),
+        script=script,
         port=port,
         peer_timeout=peer_timeout,
         partition_timeout=partition_timeout,
@@ -385,6 +396,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         namespace=namespace,
         claim=claim,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_distdgl(request, render, follow))
 
@@ -433,6 +445,17 @@ def train_cancel(job: JobArg) -> None:
     from pyctl.commands.train import run_cancel
 
     raise typer.Exit(run_cancel(job))
+
+
+@train_app.command("fetch")
+def train_fetch(
+    job: JobArg,
+    dest: Annotated[Path, typer.Argument(help="Folder to copy into (made when missing).", show_default=False)],
+) -> None:
+    """Copy a job's checkpoint (verified against its sha256) and metrics from node 0 or the share."""
+    from pyctl.commands.train_fetch import run_fetch
+
+    raise typer.Exit(run_fetch(job, dest))
 
 
 def _handle(exc: BaseException, show_traceback: bool) -> int:

@@ -31,9 +31,3 @@ def _environment(template_dir: str) -> jinja2.Environment:
 def render(template_dir: Path, name: str, **context: Any) -> str:
     """Render template `name` from `template_dir`; an undefined variable raises, it never renders empty."""
     return _environment(str(template_dir)).get_template(name).render(**context)
-
-
-def render_string(source: str, **context: Any) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)  # noqa: S701
-    env.filters["to_nice_yaml"] = _to_nice_yaml
-    return env.from_string(source).render(**context)

@@ -10,7 +10,6 @@ stdout file is suppressed and pyctl writes its own scrubbed log (`pyctl.log`) in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -359,14 +358,3 @@ def _scrub_artifacts(run_dir: Path) -> None:
         cleaned = scrub_text(text)
         if cleaned != text:
             path.write_text(cleaned, encoding="utf-8")
-
-
-def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of a finished run, in order (used by the fake runner's recordings and by tests)."""
-    folder = run_dir / "artifacts" / "ansible" / "job_events"
-    events = []
-    for path in folder.glob("*.json"):
-        if path.name.endswith("-partial.json"):
-            continue
-        events.append(json.loads(path.read_text(encoding="utf-8")))
-    return sorted(events, key=lambda e: e.get("counter", 0))

@@ -6,6 +6,10 @@ Launch it with torchrun (one worker per GPU, or per CPU slot), or run it as a pl
     torchrun --standalone --nproc-per-node 2 train.py --dataset digits --epochs 10
     python train.py --dataset digits --epochs 3
 
+The trainer follows the PyTorch DDP tutorial (pytorch/examples, ddp-tutorial-series): set-up from
+torchrun's environment, a Trainer with one train(), a snapshot to resume from. Its data and loaders
+live in loaders.py, its atomic checkpoints in checkpoint.py, both beside this file.
+
 README.md beside this file documents the flags, the environment contract, the output contract
 (JSON log lines and the PYCTL_SUMMARY line) and the fault-injection test hook.
 """
@@ -13,8 +17,6 @@ README.md beside this file documents the flags, the environment contract, the ou
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import itertools
 import json
 import math
@@ -22,7 +24,6 @@ import os
 import random
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,35 +34,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from checkpoint import atomic_save, remove_stale_temp_files, rng_state, set_rng_state
+from loaders import DATASETS, NUM_CLASSES, PayloadError, Splits, load_data, make_loaders
 from torch import nn
 from torch.distributed.constants import default_pg_timeout
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset, TensorDataset
-from torch.utils.data.distributed import DistributedSampler
 
 SUMMARY_PREFIX = "PYCTL_SUMMARY"
 FAIL_AT_ENV = "PYCTL_DDP_FAIL_AT"
-DATASETS = ("fashion-mnist", "digits")
-NUM_CLASSES = 10
-# The digits train/test split is fixed, independent of --seed: results stay comparable across runs.
-DIGITS_SPLIT_SEED = 0
-DIGITS_TEST_FRACTION = 0.2
 SGD_MOMENTUM = 0.9
-IDX_STEMS = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-EXPECTED_FILES = (
-    "IDX files " + ", ".join(f"{stem}[.gz]" for stem in IDX_STEMS.values()) + " (also looked for in"
-    " FashionMNIST/raw/), or a Hugging Face datasets save_to_disk folder (train/ and test/ with state.json)"
-)
-
-
-class PayloadError(Exception):
-    """A problem the user can fix (missing data, impossible flag combination): one line, exit code 2."""
 
 
 # --- Process identity and logging ---------------------------------------------------------------------
@@ -191,184 +173,6 @@ class FailAt:
         return cls(epoch, step, rank)
 
 
-# --- Data ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Splits:
-    """Train and test sets as normalised float tensors of shape (N, 1, H, W) and int64 labels."""
-
-    train: TensorDataset
-    test: TensorDataset
-    source: str
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.tensors[0].shape[1:])
-
-
-def make_splits(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    scale: float,
-    source: str,
-) -> Splits:
-    """Scale pixels to [0, 1], normalise with the train set's mean and std, add the channel axis."""
-    for name, labels in (("train", train_y), ("test", test_y)):
-        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise PayloadError(f"{source}: {name} labels must lie in 0..{NUM_CLASSES - 1}")
-    if len(train_x) == 0 or len(test_x) == 0:
-        raise PayloadError(f"{source}: the train and the test split must both hold images")
-    train = train_x.astype(np.float32) / scale
-    test = test_x.astype(np.float32) / scale
-    mean, std = float(train.mean()), float(train.std()) or 1.0
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        images = torch.from_numpy((x - mean) / std).unsqueeze(1).contiguous()
-        return TensorDataset(images, torch.from_numpy(y.astype(np.int64)))
-
-    return Splits(tensors(train, train_y), tensors(test, test_y), source)
-
-
-def load_digits() -> Splits:
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sklearn_digits()
-    train_x, test_x, train_y, test_y = train_test_split(
-        bunch.images,
-        bunch.target,
-        test_size=DIGITS_TEST_FRACTION,
-        random_state=DIGITS_SPLIT_SEED,
-        stratify=bunch.target,
-    )
-    return make_splits(train_x, train_y, test_x, test_y, scale=16.0, source="scikit-learn digits")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an unsigned-byte IDX file (MNIST format), gzipped or not."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as stream:
-            data = stream.read()
-    except (OSError, EOFError) as exc:
-        raise PayloadError(f"{path}: cannot read it ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise PayloadError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(data) != header + math.prod(dims):
-        raise PayloadError(f"{path}: size does not match its header {dims} (truncated or corrupt)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def find_idx_files(data_path: Path) -> dict[str, Path] | None:
-    """The four Fashion-MNIST IDX files under data_path (or its torchvision-style FashionMNIST/raw)."""
-    for folder in (data_path, data_path / "FashionMNIST" / "raw"):
-        found = {}
-        for key, stem in IDX_STEMS.items():
-            for name in (stem, f"{stem}.gz"):
-                if (folder / name).is_file():
-                    found[key] = folder / name
-                    break
-        if len(found) == len(IDX_STEMS):
-            return found
-    return None
-
-
-def load_idx(files: dict[str, Path]) -> Splits:
-    arrays = {key: read_idx(path) for key, path in files.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            where = files[f"{split}_images"]
-            raise PayloadError(f"{where}: {split} images {images.shape} do not match labels {labels.shape}")
-    gz = sorted({"gz" if path.name.endswith(".gz") else "raw" for path in files.values()})
-    folder = files["train_images"].parent
-    return make_splits(
-        arrays["train_images"],
-        arrays["train_labels"],
-        arrays["test_images"],
-        arrays["test_labels"],
-        scale=255.0,
-        source=f"IDX ({'+'.join(gz)}) in {folder}",
-    )
-
-
-def is_hf_folder(data_path: Path) -> bool:
-    return (data_path / "dataset_dict.json").is_file() or (data_path / "train" / "state.json").is_file()
-
-
-def hf_images(column: Any, where: str) -> np.ndarray:
-    """Images from an Arrow column: HF Image structs (PNG/JPEG bytes) or nested lists of pixel values."""
-    import pyarrow as pa
-
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
-        from PIL import Image
-
-        images = []
-        for encoded in column.field("bytes").to_pylist():
-            if encoded is None:
-                raise PayloadError(f"{where}: an image has no embedded bytes (only a path)")
-            with Image.open(io.BytesIO(encoded)) as image:
-                images.append(np.asarray(image.convert("L"), dtype=np.uint8))
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise PayloadError(f"{where}: images have different sizes {sorted(shapes)}")
-        return np.stack(images)
-    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
-        rows = len(column)
-        flat = column
-        while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
-            flat = flat.flatten()
-        pixels = flat.to_numpy(zero_copy_only=False).reshape(rows, -1)
-        side = math.isqrt(pixels.shape[1])
-        if side * side != pixels.shape[1]:
-            raise PayloadError(f"{where}: images of {pixels.shape[1]} pixels are not square")
-        return pixels.reshape(rows, side, side)
-    raise PayloadError(f"{where}: unsupported image column type {column.type}")
-
-
-def load_hf(data_path: Path) -> Splits:
-    """A Hugging Face `datasets` save_to_disk folder with train and test splits (columns image, label)."""
-    # Offline by construction: nothing in this payload downloads.
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
-
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split in ("train", "test"):
-        folder = data_path / split
-        if not (folder / "state.json").is_file():
-            raise PayloadError(f"{data_path}: Hugging Face folder without a '{split}' split ({folder}/state.json)")
-        table = datasets.load_from_disk(str(folder)).with_format("arrow")[:]
-        for name in ("image", "label"):
-            if name not in table.column_names:
-                raise PayloadError(f"{folder}: no '{name}' column (columns: {', '.join(table.column_names)})")
-        labels = table.column("label").to_numpy()
-        arrays[split] = (hf_images(table.column("image"), str(folder)), labels)
-    images_max = max(float(arrays["train"][0].max(initial=0)), 1.0)
-    scale = 255.0 if images_max > 1.0 else 1.0
-    return make_splits(*arrays["train"], *arrays["test"], scale=scale, source=f"Hugging Face arrow in {data_path}")
-
-
-def load_data(dataset: str, data_path: Path | None) -> Splits:
-    if dataset == "digits":
-        return load_digits()
-    assert data_path is not None  # parse_args enforces it
-    if data_path.is_dir():
-        if is_hf_folder(data_path):
-            return load_hf(data_path)
-        files = find_idx_files(data_path)
-        if files is not None:
-            return load_idx(files)
-    raise PayloadError(f"no Fashion-MNIST data at {data_path}: expected {EXPECTED_FILES}; nothing is downloaded")
-
-
 # --- Model ------------------------------------------------------------------------------------------------
 
 
@@ -398,80 +202,25 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-# --- Checkpoints ------------------------------------------------------------------------------------------
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP tuned for a small model on few cores; none of it changes the gradients the optimizer sees.
 
-
-def rng_state() -> dict[str, Any]:
-    """RNG states as tensors and plain values, so torch.load(weights_only=True) can read them back."""
-    bit_generator, keys, pos, has_gauss, cached = np.random.get_state()
-    version, python_state, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "bit_generator": bit_generator,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["bit_generator"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
+    - One bucket holding the whole gradient (1.6 MiB for SmallCNN on 28x28): one all-reduce per step.
+      DDP's defaults (a 1 MiB first bucket, then 25 MiB) made it two, and on CPUs each costs the gloo
+      threads and the reducer their own hand-offs, taken from the cores the other rank computes on.
+    - gradient_as_bucket_view: the grads are views into that bucket, not copied in and out of it.
+    - static_graph: the same parameters take part in every step (no unused ones to search for).
+    benchmarks/ddp_scaling.py prints what each costs; tests/payloads/test_ddp_train.py checks that two
+    ranks still learn what one process with the global batch learns.
+    """
+    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        bucket_cap_mb=max(1, math.ceil(gradient_bytes / 2**20)),
+        gradient_as_bucket_view=True,
+        static_graph=True,
     )
-    py_state = state["python"]
-    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
-
-
-def temp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-"
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync it, os.replace it over path, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    folder_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-
-
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Temp files a killed rank 0 left mid-write (a SIGKILL skips every cleanup)."""
-    if not path.parent.is_dir():
-        return []
-    stale = sorted(path.parent.glob(f"{temp_prefix(path)}*"))
-    for leftover in stale:
-        leftover.unlink(missing_ok=True)
-    return stale
 
 
 # --- Training ---------------------------------------------------------------------------------------------
@@ -502,17 +251,12 @@ class Trainer:
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
         self.model = SmallCNN(data.image_shape).to(device)
-        device_ids = [device.index] if device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp = wrap_ddp(self.model, device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=SGD_MOMENTUM)
-        pin = device.type == "cuda"
-        self.sampler = DistributedSampler(
-            data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
+        loaders = make_loaders(
+            data, config.batch_size, info.rank, info.world_size, config.seed, pin=device.type == "cuda"
         )
-        self.train_loader = DataLoader(data.train, batch_size=config.batch_size, sampler=self.sampler, pin_memory=pin)
-        # Each rank scores a disjoint stride of the test set (no padding), and the counts are summed.
-        shard = Subset(data.test, range(info.rank, len(data.test), info.world_size))
-        self.test_loader = DataLoader(shard, batch_size=max(256, config.batch_size), pin_memory=pin)
+        self.sampler, self.train_loader, self.test_loader = loaders.sampler, loaders.train, loaders.test
         self.epochs_done = 0
         self.test_accuracy: float | None = None
 

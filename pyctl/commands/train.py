@@ -84,7 +84,13 @@ def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = Fal
         created=time.time(),
         nodes=[NodeRecord(rank=i, name=f"{job_id}-{i}") for i in range(job.num_parts)],
         options=job.options,
-        k8s={"kubeconfig": str(kubeconfig), "namespace": request.namespace, "kind": "indexed-job", "name": job_id},
+        k8s={
+            "kubeconfig": str(kubeconfig),
+            "namespace": request.namespace,
+            "kind": "indexed-job",
+            "name": job_id,
+            "start_timeout_s": request.start_timeout_s,
+        },
     )
     return _submit_k8s(settings, record, documents, follow)
 
@@ -320,7 +326,7 @@ def _mark_lost(store: JobStore, record: JobRecord) -> JobRecord:
     def change(rec: JobRecord) -> None:
         if not rec.final:
             rec.state, rec.exit_code = "failed", 1
-            rec.message = "the supervisor died; its hosts' process groups stopped when its connections closed"
+            rec.message = f"the supervisor died before recording how the job ended ('pyctl train logs {rec.id}')"
             rec.finished = time.time()
 
     return store.update(record.id, change)
@@ -356,6 +362,10 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "namespace": job.request.namespace,
             "kind": job.request.kind,
             "name": job_id,
+            "start_timeout_s": job.request.start_timeout_s,
+            "image": job.image,  # image, claim and its mount: what `pyctl train fetch` runs its pod with
+            "claim": job.request.claim,
+            "claim_mount": job.request.claim_mount,
         },
     )
     return _submit_k8s(settings, record, documents, follow)
@@ -378,6 +388,8 @@ def _submit_k8s(settings: Settings, record: JobRecord, documents: dict[str, str]
     store = JobStore(settings)
     client = k8s.Client(Path(record.k8s["kubeconfig"]))
     job_id, namespace = record.id, record.k8s["namespace"]
+    for warning in client.check_before_submit(documents, namespace):
+        _say(f"warning: {warning}")
     job_dir = store.create(record)
     (job_dir / "manifests").mkdir(mode=0o700)
     for name, text in documents.items():
@@ -414,7 +426,7 @@ def _follow_k8s(store: JobStore, job_id: str) -> int:
     record = store.load(job_id)
     client = _k8s_client(record)
     try:
-        outcome = client.follow(record, _out)
+        outcome = client.follow(record, _out, say=_say)
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id}")
         cancel_job(store, store.load(job_id), wait=True)
@@ -555,6 +567,8 @@ def run_cancel(name: str) -> int:
         return ExitCode.OK
     record = cancel_job(store, record)
     _say(f"job {record.id} {record.state}: {record.message}")
+    if record.ssh.get("not_stopped"):
+        return ExitCode.UNREACHABLE
     return ExitCode.OK if record.final else ExitCode.HOST_FAILED
 
 

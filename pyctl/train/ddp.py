@@ -8,12 +8,13 @@ payload (`payloads/ddp/train.py`) or the user's own `--script`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 DATASETS = ("fashion-mnist", "digits")
 BACKENDS = ("k8s", "ssh")
@@ -21,6 +22,7 @@ KINDS = ("indexed-job", "pytorchjob")
 DEFAULT_IMAGE_CPU = "pyctl-ddp:cpu"
 DEFAULT_IMAGE_GPU = "pyctl-ddp:cuda"
 IMAGE_PAYLOAD = "/opt/pyctl/ddp/train.py"  # where the payload image (payloads/ddp/Dockerfile) keeps it
+PAYLOAD_MODULES = ("loaders.py", "checkpoint.py")  # train.py imports them from its own folder
 USER_SCRIPT_DIR = "/opt/pyctl/user"  # where a --script is mounted in pods (from a ConfigMap)
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_CLAIM = "pyctl-shared"  # the claim the k8s storage phase makes (shared_storage_pvc_name)
@@ -66,6 +68,7 @@ class DdpRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class DdpJob:
     script_name: str = "train.py"
     script_text: bytes = b""
     options: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, bytes] = field(default_factory=dict)  # what travels beside the script (our payload's)
 
     @property
     def world_size(self) -> int:
@@ -129,6 +133,13 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
         pool = cluster.nodes or list(cluster.hosts)
         if request.gpus_per_node > 0:
             pool = [h for h in pool if h.gpu]
+    if not pool and request.gpus_per_node > 0:
+        raise UsageError(
+            f"--gpus-per-node {request.gpus_per_node} but the inventory has no GPU hosts (gpu=true)",
+            hint="mark GPU hosts with gpu=true in the inventory, or name the hosts with --hosts",
+        )
+    if not pool:
+        raise UsageError("the inventory has no hosts for this job", hint="add hosts to control_plane or workers")
     wanted = nodes if nodes is not None else len(pool)
     if wanted > len(pool):
         what = "GPU hosts (gpu=true)" if request.gpus_per_node > 0 and not request.hosts else "hosts"
@@ -137,6 +148,22 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
             hint=f"use --nodes {len(pool)} or fewer" if pool else "mark GPU hosts with gpu=true in the inventory",
         )
     return tuple(pool[:wanted])
+
+
+def refuse_iface_on_k8s(iface: str | None) -> None:
+    """--iface names a host's NIC; a pod has its own network namespace (eth0 on flannel), and gloo/NCCL
+    find the pod's address from its host name, so the host's name would break the job."""
+    if iface:
+        raise UsageError(
+            f"--iface {iface} is for --backend ssh: pods do not have the hosts' interfaces (on flannel only eth0)",
+            hint="leave --iface out for Kubernetes (pods use their own address); to force one, "
+            "--env GLOO_SOCKET_IFNAME=eth0",
+        )
+
+
+def check_start_timeout(seconds: float) -> None:
+    if not seconds >= 0:
+        raise UsageError(f"--start-timeout {seconds}: give seconds (0 waits for ever)")
 
 
 def _check_flags(r: DdpRequest) -> None:
@@ -159,11 +186,13 @@ def _check_flags(r: DdpRequest) -> None:
             raise UsageError(f"{flag} {value}: must be {low} or more")
     if r.lr is not None and not r.lr > 0:
         raise UsageError(f"--lr {r.lr}: must be a positive number")
+    check_start_timeout(r.start_timeout_s)
     if not 1024 <= r.master_port <= 65535:
         raise UsageError(f"--master-port {r.master_port}: use a port from 1024 to 65535")
     if r.checkpoint_dir is not None:
         _absolute("--checkpoint-dir", r.checkpoint_dir)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         mount = _absolute("--claim-mount", r.claim_mount)
         if r.checkpoint_dir and not PurePosixPath(r.checkpoint_dir).is_relative_to(mount):
             raise UsageError(
@@ -290,11 +319,10 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
         script_name=script_name,
         script_text=text,
         options=options,
+        modules={}
+        if r.script
+        else {name: (project_dir / "payloads" / "ddp" / name).read_bytes() for name in PAYLOAD_MODULES},
     )
-
-
-def with_request(job: DdpJob, **changes: Any) -> DdpJob:
-    return replace(job, request=replace(job.request, **changes))
 
 
 # --- what runs on each node ---------------------------------------------------------------------------
@@ -363,7 +391,7 @@ def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]
                 address=host.address,
                 argv=tuple(argv),
                 env=env,
-                files={job.script_name: job.script_text},
+                files={**job.modules, job.script_name: job.script_text},
             )
         )
     return launches

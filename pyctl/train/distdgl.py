@@ -27,7 +27,17 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.ddp import BACKENDS, DEFAULT_CLAIM, DEFAULT_CLAIM_MOUNT, DEFAULT_NAMESPACE, _parse_env
+from pyctl.train.ddp import (
+    BACKENDS,
+    DEFAULT_CLAIM,
+    DEFAULT_CLAIM_MOUNT,
+    DEFAULT_NAMESPACE,
+    MAX_SCRIPT_BYTES,
+    _parse_env,
+    check_start_timeout,
+    refuse_iface_on_k8s,
+)
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -44,6 +54,7 @@ DEFAULT_PARTITION_TIMEOUT = 3600.0
 PAYLOAD_FILES = ("launch.py", "partition.py", "train.py", "graphs.py", "partconfig.py")
 STARTUP = Path(__file__).with_name("templates") / "distdgl_startup.py"
 SPEC_NAME = "job.json"
+USER_SCRIPT_PREFIX = "user_"  # the --script travels as user_<name>, clear of the payload's own files
 _FANOUTS = re.compile(r"^(-1|[1-9][0-9]*)(,(-1|[1-9][0-9]*))*$")
 
 
@@ -66,7 +77,8 @@ class DistDglRequest:
     fanouts: str | None = None
     eval_fanouts: str | None = None
     lr: float | None = None
-    train_args: tuple[str, ...] = ()  # more train.py flags, after '--'
+    train_args: tuple[str, ...] = ()  # more train.py flags (or the --script's arguments), after '--'
+    script: Path | None = None  # the user's own trainer, run where train.py would be
     port: int = DEFAULT_PORT
     peer_timeout: float = DEFAULT_PEER_TIMEOUT
     partition_timeout: float = DEFAULT_PARTITION_TIMEOUT
@@ -83,6 +95,7 @@ class DistDglRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,8 @@ class DistDglJob:
     kubernetes_version: str = "1.36"
     image: str = DEFAULT_IMAGE
     options: dict[str, Any] = field(default_factory=dict)
+    script_name: str | None = None  # the user's --script, as it travels (user_<name>)
+    script_text: str = ""
 
     @property
     def num_clients(self) -> int:
@@ -153,7 +168,9 @@ def _check_flags(r: DistDglRequest) -> None:
     for flag, value in (("--peer-timeout", r.peer_timeout), ("--partition-timeout", r.partition_timeout)):
         if not value > 0:
             raise UsageError(f"{flag} {value}: must be a positive number of seconds")
+    check_start_timeout(r.start_timeout_s)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         _absolute("--claim-mount", r.claim_mount)
         for flag, value in (
             ("--shared-path", r.shared_path),
@@ -212,6 +229,43 @@ def _train(r: DistDglRequest) -> tuple[str, ...]:
     if reserved:
         raise UsageError(f"{', '.join(reserved)} after '--' is set by pyctl and launch.py, not by you")
     return (*args, *r.train_args)
+
+
+def _script(r: DistDglRequest) -> tuple[str | None, str]:
+    """The user's trainer (name as it travels, text), checked; (None, "") for our train.py."""
+    if r.script is None:
+        return None, ""
+    given = [
+        flag
+        for flag, value in (
+            ("--epochs", r.epochs),
+            ("--batch-size", r.batch_size),
+            ("--fanouts", r.fanouts),
+            ("--eval-fanouts", r.eval_fanouts),
+            ("--lr", r.lr),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} are our train.py's flags, not your --script's",
+            hint="give your script's own flags after '--'",
+        )
+    path = r.script.expanduser()
+    if not path.is_file():
+        raise UsageError(f"--script {r.script}: no such file")
+    data = path.read_bytes()
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise UsageError(
+            f"--script {r.script} is {len(data) // 1024} KiB; at most {MAX_SCRIPT_BYTES // 1024} KiB travel with a job",
+            hint="put large code in the image or on the shared folder and keep a small entry script",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--script {r.script} is not UTF-8 text (a Python script is expected)") from None
+    name = path.name if path.suffix == ".py" else f"{path.name}.py"
+    return f"{USER_SCRIPT_PREFIX}{name}", text
 
 
 def _address_of(host: Host) -> str:
@@ -289,11 +343,10 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
             )
         share = r.claim_mount.rstrip("/")
     base_env = {"PYTHONUNBUFFERED": "1", "DGLBACKEND": "pytorch"}
-    if r.iface:
-        base_env["GLOO_SOCKET_IFNAME"] = r.iface
     base_env.update(env)
     partition_args = _graph(r, share)
-    train_args = _train(r)
+    script_name, script_text = _script(r)
+    train_args = r.train_args if script_name else _train(r)
     options = {
         "backend": r.backend,
         "num_parts": num_parts,
@@ -302,6 +355,7 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
         "num_servers": r.num_servers,
         "partition_args": list(partition_args),
         "train_args": list(train_args),
+        "script": str(r.script.expanduser().resolve()) if r.script else None,
         "shared_path": share,
         "env_names": sorted(env),
         "inventory": str(cluster.path),
@@ -318,6 +372,8 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
         kubernetes_version=str(cluster.settings.get("kubernetes_version") or "1.36"),
         image=r.image or DEFAULT_IMAGE,
         options=options,
+        script_name=script_name,
+        script_text=script_text,
     )
 
 
@@ -350,6 +406,8 @@ def spec(job: DistDglJob, job_id: str, *, python: str | None) -> dict[str, Any]:
             "train_args": list(job.train_args),
         }
     )
+    if job.script_name:
+        body["script"] = job.script_name  # beside job.json; launch.py runs it where it runs our train.py
     return body
 
 
@@ -380,6 +438,8 @@ def ssh_launches(job: DistDglJob, job_id: str, project_dir: Path) -> list[Any]:
     files = {name: (payload / name).read_bytes() for name in PAYLOAD_FILES}
     files["distdgl_startup.py"] = STARTUP.read_bytes()
     files[SPEC_NAME] = spec_text(job, job_id, python=None).encode()
+    if job.script_name:
+        files[job.script_name] = job.script_text.encode()
     interpreters = pythons(job)
     launches = []
     for index, host in enumerate(job.hosts):
@@ -561,6 +621,8 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
             **context,
             spec_json=spec_text(job, job_id, python="python"),
             startup=STARTUP.read_text(encoding="utf-8"),
+            script_name=job.script_name,
+            script=job.script_text,
         ),
         "service": render(
             TEMPLATES,

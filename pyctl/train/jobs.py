@@ -7,12 +7,12 @@ Each job lives in `settings.state_dir / "jobs" / <job id>/` (directory 0700):
     output.log        the merged log: every line of every node, prefixed `[host] ` (SSH) or `[node i] `
                       (Kubernetes, when followed)
     supervisor.log    the SSH supervisor's own messages (start, stop, why)
-    launch/<host>.json  what was started on each host: argv, env, cwd (no secrets: keys are never
-                      part of a launch)
+    launch/<rank>-<host>.json  what was started on each host (SSH): argv, env, cwd (no secrets: keys
+                      are never part of a launch)
     manifests/*.yaml  what was submitted to Kubernetes
 
-The record is workload-neutral: `workload` is "ddp" now, "distdgl" next; a job is a list of nodes, each
-started by one `launch/<host>.json` (SSH) or one pod (Kubernetes).
+The record is workload-neutral: `workload` is "ddp" or "distdgl"; a job is a list of nodes, each
+started by one `launch/<rank>-<host>.json` (SSH) or one pod (Kubernetes).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,6 @@ from pyctl.errors import UsageError
 
 STATES = ("starting", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-_ID = re.compile(r"^[a-z][a-z0-9-]{2,50}$")
 
 
 def new_job_id(workload: str, now: float | None = None) -> str:
@@ -156,9 +154,3 @@ class JobStore:
             json.dump(record.to_dict(), handle, indent=2)
             handle.write("\n")
         tmp.replace(directory / "job.json")
-
-
-def check_job_id(job_id: str) -> str:
-    if not _ID.match(job_id):
-        raise UsageError(f"{job_id!r} is not a valid job id")
-    return job_id

@@ -7,6 +7,7 @@ prefixes (i = the completion index; for a PyTorchJob, Master = 0 and Worker k = 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from pyctl.errors import PyctlError
-from pyctl.train import logs
+from pyctl.errors import PyctlError, UsageError
+from pyctl.train import logs, podstart
 from pyctl.train.jobs import JobRecord
 from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
 
@@ -91,6 +92,42 @@ class Client:
             raise KubeError(f"{what}: the API server cannot be reached ({type(exc).__name__})") from exc
 
     # -- submit / cancel ----------------------------------------------------------------------------
+
+    def check_before_submit(self, documents: dict[str, str], namespace: str) -> list[str]:
+        """Refuse a claim the namespace does not have (UsageError, exit 2); return warnings: an unbound
+        claim, an image name without a registry host."""
+        from kubernetes.client.exceptions import ApiException
+
+        claims, images = podstart.claims_and_images({n: yaml.safe_load(t) for n, t in documents.items()})
+        warnings = []
+        for claim in claims:
+            try:
+                body = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise UsageError(
+                        f"the claim {claim!r} does not exist in namespace {namespace}: the pods would never start",
+                        hint="'pyctl bootstrap -i INVENTORY --phases storage,addons' makes the shared claim; "
+                        "or name an existing one with --claim (and --namespace)",
+                    ) from exc
+                raise KubeError(f"read the claim {claim}: the API server answered {exc.status} {exc.reason}") from exc
+            except Exception as exc:
+                raise KubeError(
+                    f"read the claim {claim}: the API server cannot be reached ({type(exc).__name__})"
+                ) from exc
+            phase = body.status.phase if body.status else None
+            if phase != "Bound":
+                warnings.append(
+                    f"the claim {claim!r} in namespace {namespace} is {phase or 'not bound'}: pods wait until it binds"
+                )
+        for image in images:
+            normalized = podstart.unqualified_image(image)
+            if normalized is not None:
+                warnings.append(
+                    f"the image {image!r} names no registry: nodes pull {normalized} unless it was imported on each "
+                    f"of them; push it to a registry the nodes reach and give --image REGISTRY/{image}"
+                )
+        return warnings
 
     def submit(self, documents: dict[str, str], namespace: str) -> None:
         objects = {name: yaml.safe_load(text) for name, text in documents.items()}
@@ -189,8 +226,35 @@ class Client:
             for line in str(text).splitlines():
                 out(f"[node {node_index(pod)}] {line}")
 
-    def follow(self, record: JobRecord, out: Callable[[str], None], poll: float = 2.0) -> Outcome:
-        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended."""
+    def _events(self, record: JobRecord, pods: list[Any]) -> list[Any]:
+        """Events of the job and of its pods that have not started (what the scheduler and kubelet said)."""
+        namespace = record.k8s["namespace"]
+        names = [record.k8s["name"]] + [
+            p.metadata.name for p in pods if p.status is None or p.status.phase == "Pending"
+        ]
+        events: list[Any] = []
+        for name in names:
+            found = self._call(
+                "list the job's events",
+                self.core.list_namespaced_event,
+                namespace,
+                field_selector=f"involvedObject.name={name}",
+            )
+            events += found.items or []
+        return events
+
+    def follow(
+        self, record: JobRecord, out: Callable[[str], None], poll: float = 2.0, say: Callable[[str], None] | None = None
+    ) -> Outcome:
+        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended. Until every
+        pod has started, `say` gets each new reason one is waiting (and the job's warning events); past
+        the start deadline the job is deleted and fails with the reason."""
+        say = say or out
+        watch = podstart.StartWatch(
+            expected=len(record.nodes),
+            created=record.created,
+            timeout_s=float(record.k8s.get("start_timeout_s", podstart.DEFAULT_START_TIMEOUT_S)),
+        )
         merged = logs.MergedLog(Path("/dev/null"), echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
@@ -219,7 +283,20 @@ class Client:
             source.flush()
 
         while True:
-            for pod in self._pods(record):
+            pods = self._pods(record)
+            if not watch.started:
+                events = self._events(record, pods)
+                lines, verdict = watch.observe([(node_index(p), p) for p in pods], events, time.time())
+                for line in lines:
+                    say(line)
+                if verdict is not None:
+                    merged.close()
+                    try:
+                        self.cancel(record)
+                    except KubeError as exc:
+                        verdict += f" (deleting the Job failed: {exc.message}; run 'pyctl train cancel {record.id}')"
+                    return Outcome("failed", 1, verdict)
+            for pod in pods:
                 if pod.metadata.name not in found and pod.status and pod.status.phase != "Pending":
                     thread = threading.Thread(target=stream, args=(pod.metadata.name, node_index(pod)), daemon=True)
                     found[pod.metadata.name] = thread
@@ -234,3 +311,28 @@ class Client:
                 merged.close()
                 return outcome
             time.sleep(poll)
+
+    # -- one-off pods (pyctl train fetch) ----------------------------------------------------------
+
+    def run_pod(self, manifest: dict[str, Any], timeout: float, poll: float = 1.0) -> str:
+        """Create a pod, wait until it has run to the end, return its log; the pod is deleted in any case."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        self._call("create the fetch pod", self.core.create_namespaced_pod, namespace, manifest)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                pod = self._call("read the fetch pod", self.core.read_namespaced_pod, name, namespace)
+                phase = pod.status.phase if pod.status else None
+                if phase in ("Succeeded", "Failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise KubeError(f"the fetch pod {namespace}/{name} did not finish in {timeout:.0f} s ({phase})")
+                time.sleep(poll)
+            text = str(self._call("read the fetch pod's log", self.core.read_namespaced_pod_log, name, namespace))
+            if phase == "Failed":
+                raise KubeError(f"the fetch pod {namespace}/{name} failed: {text.strip()[-300:]}")
+            return text
+        finally:
+            # A pod left behind has ended (restartPolicy Never) and holds nothing but its log.
+            with contextlib.suppress(Exception):
+                self.core.delete_namespaced_pod(name, namespace)

@@ -1,12 +1,13 @@
-"""What a job starts on each node, independent of the workload (DDP now, DistDGL next).
+"""What a job starts on each node, independent of the workload (DDP or DistDGL).
 
 A `NodeLaunch` is one process tree on one host: an argv, extra environment, and files the host needs
 in the job's own directory there (the training script, the wrapper). The token `{job_dir}` in argv,
 env values and cwd stands for that directory (`$HOME/.cache/pyctl/jobs/<job id>/<host>` on the host),
 which the SSH backend only knows once it is logged in.
 
-For DistDGL, a builder makes one NodeLaunch per machine running `python launch.py --machine-index i
-...` and the SSH backend runs it unchanged: start, merged logs, stop of every process group.
+DDP makes one NodeLaunch per host running torchrun; DistDGL one per machine running the start-up step
+(`distdgl_startup.py`, which ends in the payload's `launch.py`). The SSH backend runs both unchanged:
+start, merged logs, stop of every process group.
 """
 
 from __future__ import annotations

@@ -133,10 +133,36 @@ def test_torchrun_two_ranks_digits(two_rank_run):
     assert summary["epochs"] == DIGITS_EPOCHS
     assert summary["resumed_from_epoch"] == 0
     assert summary["test_accuracy"] >= 0.90
-    assert sorted(p.name for p in work.iterdir()) == ["ckpt.pt", "log.jsonl"]
+    assert sorted(p.name for p in work.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256", "log.jsonl"]
+    # The checksum sidecar is in sha256sum's format and matches the checkpoint it sits beside.
+    digest, name = (work / "ckpt.pt.sha256").read_text().split()
+    assert name == "ckpt.pt"
+    assert digest == hashlib.sha256((work / "ckpt.pt").read_bytes()).hexdigest()
     assert "rank=1/2 local_rank=1] init_process_group backend=gloo" in result.stderr
     assert "rank=0/2 local_rank=0] init_process_group backend=gloo" in result.stderr
     assert "rank=1/2 local_rank=1] epoch" not in result.stderr  # progress comes from rank 0 alone
+
+
+def test_two_ranks_learn_what_one_process_learns_with_the_global_batch(ddp_run, ddp_torchrun, ddp_log, tmp_path):
+    """The payload's DDP tuning (one bucket, gradients as bucket views, static graph) changes no gradient.
+
+    DistributedSampler deals rank r every other index of one permutation, so step k of 2 ranks x 32
+    covers the same 64 samples as step k of one process with batch 64, and DDP averages the two
+    gradients into that batch's mean gradient: the loss curves agree to rounding.
+    """
+    flags = ("--dataset", "digits", "--epochs", "3", "--lr", "0.05", "--seed", "0", "--num-threads", "1")
+    flags += ("--max-steps-per-epoch", "22")  # 22 x 64 = 1408 of 1437: no sampler padding on either side
+    one = ddp_run(*flags, "--batch-size", "64", "--log-path", str(tmp_path / "one.jsonl"))
+    two = ddp_torchrun(2, *flags, "--batch-size", "32", "--backend", "gloo", "--log-path", str(tmp_path / "two.jsonl"))
+    assert one.returncode == 0, one
+    assert two.returncode == 0, two
+    one_epochs, _ = ddp_log(tmp_path / "one.jsonl")
+    two_epochs, _ = ddp_log(tmp_path / "two.jsonl")
+    assert [r["samples"] for r in one_epochs] == [r["samples"] for r in two_epochs] == [1408] * 3
+    for single, ranks in zip(one_epochs, two_epochs, strict=True):
+        assert ranks["loss"] == pytest.approx(single["loss"], rel=1e-3), (single, ranks)
+        assert abs(ranks["test_accuracy"] - single["test_accuracy"]) <= 1 / 360 + 1e-9, (single, ranks)
+    assert one_epochs[-1]["loss"] < one_epochs[0]["loss"]  # it learned something to compare
 
 
 CHECK_CHECKPOINTS = """

@@ -53,6 +53,10 @@ def _fails(capsys, *args: str) -> str:
         (["--backend", "ssh", "--nodes", "5", "--ssh-user", "u"], "--nodes 5 but the inventory has only 3 hosts"),
         (["--nodes", "4"], "--nodes 4 but the inventory has only 3 Kubernetes nodes"),
         (["--gpus-per-node", "1"], "--nodes 1 but the inventory has only 0 GPU nodes"),
+        (
+            ["--backend", "ssh", "--gpus-per-node", "1", "--ssh-user", "u"],
+            "--gpus-per-node 1 but the inventory has no GPU hosts (gpu=true)",
+        ),
         (["--script", "/nonexistent/train.py"], "--script /nonexistent/train.py: no such file"),
         (["--kind", "pytorchjob", "--backend", "ssh"], "--kind pytorchjob needs --backend k8s"),
         (["--backend", "slurm"], "--backend 'slurm' is not one of k8s, ssh"),
@@ -61,6 +65,7 @@ def _fails(capsys, *args: str) -> str:
         (["--epochs", "0"], "--epochs 0: must be 1 or more"),
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' is not NAME=VALUE"),
         (["--backend", "ssh", "--image", "x"], "--image is for --backend k8s"),
+        (["--iface", "enp3s0"], "--iface enp3s0 is for --backend ssh: pods do not have the hosts' interfaces"),
         ([], "no kubeconfig for cluster cp1 at "),
         (["--backend", "ssh"], "no key for the training user 'pyctl'"),
     ],
@@ -149,3 +154,21 @@ def test_a_dead_supervisor_is_noticed_at_once_even_for_a_young_job():
     assert not train._job_alive(young)
     old = JobRecord(id="ddp-old", workload="ddp", backend="ssh", created=time.time() - 60)
     assert not train._job_alive(old), "no pid a minute after creation: the start failed"
+
+
+def test_the_payloads_modules_travel_with_it_over_ssh(inventory, tmp_path):
+    """train.py imports loaders.py and checkpoint.py from its own folder: each host gets all three;
+    a user's --script travels alone."""
+    from pyctl import inventory as inv
+    from pyctl.train import ddp
+
+    cluster = inv.load(inventory, cache_dir=tmp_path / "cache")
+    repo = Path(__file__).resolve().parents[2]
+    job = ddp.resolve(ddp.DdpRequest(inventory=inventory, backend="ssh", iface="eth1"), cluster, repo)
+    files = ddp.ssh_launches(job, "ddp-test", {h.name: "/py" for h in job.hosts})[0].files
+    assert sorted(files) == ["checkpoint.py", "loaders.py", "train.py"]
+    assert files["loaders.py"] == (repo / "payloads" / "ddp" / "loaders.py").read_bytes()
+    script = tmp_path / "mine.py"
+    script.write_text("print('hello')\n")
+    job = ddp.resolve(ddp.DdpRequest(inventory=inventory, backend="ssh", iface="eth1", script=script), cluster, repo)
+    assert sorted(ddp.ssh_launches(job, "ddp-test", {h.name: "/py" for h in job.hosts})[0].files) == ["mine.py"]

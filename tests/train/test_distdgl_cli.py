@@ -46,6 +46,7 @@ def _fails(capsys, *args: str) -> str:
 
 
 SSH = ["--backend", "ssh", "--ssh-user", "u"]
+TRAINER = Path(__file__).with_name("distdgl_user_trainer.py")
 
 
 @pytest.mark.parametrize(
@@ -72,9 +73,12 @@ SSH = ["--backend", "ssh", "--ssh-user", "u"]
         (["--backend", "slurm"], "--backend 'slurm' is not one of k8s, ssh"),
         (["--image", "x", *SSH], "--image is for --backend k8s"),
         (["--shared-path", "/srv"], "--shared-path is for --backend ssh"),
+        (["--iface", "enp3s0"], "--iface enp3s0 is for --backend ssh: pods do not have the hosts' interfaces"),
         (["--shared-path", "srv", *SSH, "--hosts", "cp1"], "--shared-path 'srv' must be an absolute path"),
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' is not NAME=VALUE"),
         (["--", "--mode", "local"], "--mode after '--' is set by pyctl and launch.py"),
+        (["--script", "/nonexistent/mine.py"], "--script /nonexistent/mine.py: no such file"),
+        (["--script", str(TRAINER), "--epochs", "3", "--lr", "0.1"], "--epochs, --lr are our train.py's flags"),
         ([], "no kubeconfig for cluster cp1 at "),
         (["--backend", "ssh", "--hosts", "cp1,w1"], "no key for the training user 'pyctl'"),
     ],
@@ -118,3 +122,19 @@ def test_render_ssh_writes_each_machines_command(capsys, inventory, state_dir, t
     assert spec["partition"]["output"] == "/srv/share/pyctl/partitions"
     assert spec["train_args"] == ["--epochs", "3", "--hidden", "32"]
     assert not (state_dir / "jobs").exists()
+
+
+def test_render_ssh_with_the_users_trainer(capsys, inventory, state_dir, tmp_path):
+    """--script: job.json names the trainer (it travels beside it as user_<name>) and holds only the
+    script's own arguments; the partition flags stay pyctl's."""
+    out = tmp_path / "render"
+    args = [
+        "train", "distdgl", "-i", str(inventory), "--backend", "ssh", "--hosts", "w2,cp1", "--shared-path", "/srv/share",
+        "--script", str(TRAINER), "--render", str(out), "--", "--tag", "mine",
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    spec = json.loads((out / "job.json").read_text())
+    assert spec["script"] == "user_distdgl_user_trainer.py"
+    assert spec["train_args"] == ["--tag", "mine"]
+    assert spec["partition"]["args"] == ["--graph", "synthetic", "--part-method", "metis"]
+    capsys.readouterr()

@@ -55,13 +55,17 @@ CASES = {
             "fanouts": "10,25",
             "eval_fanouts": "-1,-1",
             "train_args": ("--hidden", "128"),
-            "iface": "eth1",
             "env": ("FOO=bar",),
             "image": "registry.local/pyctl-distdgl:cuda",
             "namespace": "training",
             "claim": "data",
             "claim_mount": "/data",
         },
+    ),
+    # The user's own trainer travels in the start-up ConfigMap, beside job.json, which names it.
+    "distdgl-script": (
+        "1.36",
+        {"script": Path(__file__).with_name("distdgl_user_trainer.py"), "train_args": ("--tag", "mine")},
     ),
     "distdgl-graph-path": (
         "1.36",
@@ -111,7 +115,7 @@ def test_indexed_job_wiring(tmp_path):
         "['batch.kubernetes.io/job-completion-index']"
     )
     assert env["PYCTL_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["PYCTL_MACHINES"]["value"] == "2" and env["GLOO_SOCKET_IFNAME"]["value"] == "eth1"
+    assert env["PYCTL_MACHINES"]["value"] == "2" and "GLOO_SOCKET_IFNAME" not in env
     assert container["command"] == ["python", "/opt/pyctl/startup/distdgl_startup.py"]
     assert container["args"][-2:] == ["--own-ip", "$(PYCTL_POD_IP)"]
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -129,3 +133,16 @@ def test_indexed_job_wiring(tmp_path):
     assert spec["train_args"] == ["--epochs", "5", "--fanouts", "10,25", "--eval-fanouts=-1,-1", "--hidden", "128"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"dgl-server-0": 30050, "dgl-server-1": 30051, "torchrun": 29500, "launch-control": 30049}
+
+
+def test_the_users_trainer_travels_beside_job_json(tmp_path):
+    """--script: the ConfigMap carries the trainer as user_<name>, job.json names it, and the start-up
+    step runs it (beside job.json) where it would run our train.py; the --script's own arguments pass."""
+    _, documents = _render(tmp_path, "distdgl-script")
+    configmap = yaml.safe_load(documents["configmap"])
+    trainer = Path(__file__).with_name("distdgl_user_trainer.py")
+    assert configmap["data"]["user_distdgl_user_trainer.py"] == trainer.read_text()
+    spec = json.loads(configmap["data"]["job.json"])
+    assert spec["script"] == "user_distdgl_user_trainer.py"
+    assert spec["train_args"] == ["--tag", "mine"]  # no --epochs of ours: the script's arguments only
+    assert 'args.spec.parent / spec["script"]' in configmap["data"]["distdgl_startup.py"]

@@ -57,6 +57,26 @@ def test_two_hosts_match_single_process_dgl(distdgl_lab, local_summary):
     distdgl_lab.assert_nothing_left()
 
 
+USER_TRAINER = Path(__file__).with_name("distdgl_user_trainer.py")
+
+
+def test_users_own_trainer_runs_under_launch_pys_contract(distdgl_lab):
+    """--script: a trainer written only from DGL's documented API (it imports nothing of pyctl) gets
+    DGL_IP_CONFIG, DGL_CONF_PATH and the DGL_* counts on both machines, servers and trainers alike, on
+    pyctl's partition; its arguments after '--' reach it; node_split covers every train node once."""
+    run = distdgl_lab.distdgl(*GRAPH, "--script", str(USER_TRAINER), "--follow", "--", "--tag", "mine", "--fanout", "3")
+    assert run.returncode == 0, str(run)
+    summary = summary_of(run)
+    assert summary["world_size"] == 2 and summary["tag"] == "mine"
+    assert summary["role"] == "client" and summary["num_client"] == "2"
+    assert summary["seeds"] == summary["train_nodes"] > 0, summary
+    assert "[node1] [server 0] " in run.stdout and "[node2] [server 1] " in run.stdout
+    assert "user_distdgl_user_trainer.py --tag mine --fanout 3" in run.stdout
+    job = record(distdgl_lab.state_dir, job_id_of(run))
+    assert job["state"] == "succeeded" and job["options"]["script"] == str(USER_TRAINER)
+    distdgl_lab.assert_nothing_left()
+
+
 def _inventory_with(distdgl_lab, tmp_path: Path, host: str, **hvars) -> str:
     data = yaml.safe_load(Path(distdgl_lab.inventory).read_text())
     data["all"]["hosts"][host].update(hvars)

@@ -147,3 +147,20 @@ def test_peer_name_that_never_resolves_fails_within_the_bound(distdgl_lab, tmp_p
     )
     _fails_fast(runner, codes, seconds, 3, "peer DNS: 1 of 2 machine name(s) did not resolve within 45 s")
     assert "distdgl-dns-1.distdgl-dns" in runner.pods[0].log()
+
+
+def test_the_users_own_trainer_runs_in_the_pods(distdgl_lab, tmp_path):
+    """--script on Kubernetes: the trainer comes from the start-up ConfigMap (beside job.json), and the
+    pods run it as servers and trainers with DGL_IP_CONFIG / DGL_CONF_PATH on pod 0's partition."""
+    request = distdgl.DistDglRequest(
+        inventory=Path(distdgl_lab.inventory), backend="k8s", graph="synthetic",
+        script=Path(__file__).with_name("distdgl_user_trainer.py"), train_args=("--tag", "pods"),
+    )  # fmt: skip
+    job = distdgl.resolve(request, load(distdgl_lab.inventory), REPO)
+    documents = {name: yaml.safe_load(text) for name, text in distdgl.render_k8s(job, "distdgl-script").items()}
+    runner, codes, _ = _run(distdgl_lab, tmp_path, documents)
+    assert runner.outcome == "succeeded" and codes[0] == 0, f"{codes}\n{_logs(runner)}"
+    summary = _summary(runner.pods[0].log())
+    assert summary["tag"] == "pods" and summary["world_size"] == 2
+    assert summary["seeds"] == summary["train_nodes"] > 0, summary
+    assert "/opt/pyctl/startup/user_distdgl_user_trainer.py --tag pods" in runner.pods[1].log()

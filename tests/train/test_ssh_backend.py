@@ -211,6 +211,54 @@ ALLREDUCE = textwrap.dedent(
 )
 
 
+def test_fetch_copies_the_verified_checkpoint_from_node0(train_lab, tmp_path):
+    """`pyctl train fetch` over SFTP from rank 0's host (the checkpoint sits in the job's folder there),
+    then the one-line refusals: a damaged checkpoint, none yet, an unreachable host."""
+    run = train_lab.ddp("--nodes", "1", "--epochs", "2", *FAST, "--follow")
+    assert run.returncode == 0, str(run)
+    job_id = _last_job(train_lab)
+    fetched = pyctl(train_lab.state_dir, "train", "fetch", job_id, str(tmp_path / "out"), check_rc=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "checkpoint.pt",
+        "checkpoint.pt.sha256",
+        "train.jsonl",
+    ]
+    assert "verified" in fetched.stderr
+    check = subprocess.run(
+        ["sha256sum", "-c", "checkpoint.pt.sha256"], cwd=tmp_path / "out", capture_output=True, check=False
+    )
+    assert check.returncode == 0, check
+    epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "out" / "train.jsonl").read_text().splitlines()[:-1]]
+    assert epochs == [1, 2]
+
+    job = record(train_lab.state_dir, job_id)
+    host_dir = Path(job["ssh"]["job_dirs"][job["nodes"][0]["name"]])  # netns hosts share this filesystem
+    with (host_dir / "checkpoint.pt").open("r+b") as stream:
+        stream.seek(100)
+        stream.write(b"\xff" * 8)
+    damaged = pyctl(train_lab.state_dir, "train", "fetch", job_id, str(tmp_path / "damaged"), check_rc=1)
+    assert "does not match its sha256" in damaged.stderr and "Traceback" not in damaged.stderr
+    assert not (tmp_path / "damaged").exists()
+
+    (host_dir / "checkpoint.pt").unlink()
+    missing = pyctl(train_lab.state_dir, "train", "fetch", job_id, str(tmp_path / "none"), check_rc=2)
+    assert f"job {job_id} has no checkpoint yet" in missing.stderr
+
+    path = train_lab.state_dir / "jobs" / job_id / "job.json"
+    data = json.loads(path.read_text())
+    data["ssh"]["targets"][0]["port"] = 1  # nothing listens there
+    path.write_text(json.dumps(data))
+    gone = pyctl(train_lab.state_dir, "train", "fetch", job_id, str(tmp_path / "none"), check_rc=2)
+    node0 = job["nodes"][0]["name"]
+    assert gone.stderr.startswith(f"pyctl: error: host {node0}"), str(gone)  # unreachable, or SSH failed
+    assert len(gone.stderr.strip().splitlines()) <= 2 and "Traceback" not in gone.stderr
+
+
+def _last_job(train_lab) -> str:
+    status = pyctl(train_lab.state_dir, "train", "status", "last", "--json", check_rc=0)
+    return json.loads(status.stdout)["id"]
+
+
 def test_users_own_script(train_lab, tmp_path):
     script = tmp_path / "allreduce_user.py"
     script.write_text(ALLREDUCE)

@@ -375,7 +375,7 @@ def wait_for_partition(share: Path, timeout: float) -> dict:
 
 
 def launch(  # noqa: PLR0917 - one call site, each argument named there
-    spec: dict, payload: Path, python: str, index: int, addresses: list[str], run_dir: Path, part: dict
+    spec: dict, payload: Path, python: str, index: int, addresses: list[str], run_dir: Path, part: dict, trainer: Path
 ) -> int:
     argv = [
         python,
@@ -400,7 +400,7 @@ def launch(  # noqa: PLR0917 - one call site, each argument named there
         str(run_dir),
         *spec.get("launch_args", []),
         "--",
-        str(payload / "train.py"),
+        str(trainer),
         *spec.get("train_args", []),
     ]
     log(f"starting launch.py: {' '.join(argv[1:])}")
@@ -467,7 +467,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         part = wait_for_partition(share, float(spec["partition"].get("timeout_s", 3600)))
     check_stop()
-    return launch(spec, args.payload, python, index, addresses, run_dir, part)
+    # The trainer: the user's --script (beside job.json: in the job's folder, or the pod's ConfigMap), or ours.
+    trainer = args.spec.parent / spec["script"] if spec.get("script") else args.payload / "train.py"
+    return launch(spec, args.payload, python, index, addresses, run_dir, part, trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
