@@ -3,6 +3,8 @@ run with the roles' template tasks), for each golden scenario.
 
     python tests/tools/render_goldens.py          # rewrite tests/golden/<scenario>/ (review the diff!)
     python tests/tools/render_goldens.py --check  # exit 1 when a golden file is stale
+    python tests/tools/render_goldens.py --train  # only the `pyctl train` renders of
+                                                  # tests/train/test_trainjob_manifests.py (no root needed)
 
 Scenarios are inventories in tests/fixtures/inventories/golden-<scenario>.yml; the playbook is
 tests/fixtures/playbooks/render_templates.yml. Rendering needs root (the templates set owner root).
@@ -61,11 +63,36 @@ def render(scenario: str, out: Path) -> Path:
     return out
 
 
-def main() -> int:
-    check = "--check" in sys.argv[1:]
+def write_train_goldens(check: bool) -> list[str]:
+    """The cases of tests/train/test_trainjob_manifests.py into tests/golden/train/<case>/; the stale ones."""
+    sys.path.insert(0, str(ROOT))
+    from tests.train.test_trainjob_manifests import CASES, render_case
+
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in scenarios():
+        for case in sorted(CASES):
+            documents = {f"{name}.yaml": text for name, text in render_case(Path(tmp), case).items()}
+            folder = GOLDEN / "train" / case
+            old = {p.name: p.read_text() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
+            if old != documents:
+                stale.append(f"train/{case}")
+                if not check:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    folder.mkdir(parents=True)
+                    for name, text in documents.items():
+                        (folder / name).write_text(text)
+    return stale
+
+
+def main() -> int:
+    check = "--check" in sys.argv[1:]
+    stale = write_train_goldens(check)
+    if "--train" in sys.argv[1:]:
+        scenarios_to_render: list[str] = []
+    else:
+        scenarios_to_render = scenarios()
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario in scenarios_to_render:
             out = render(scenario, Path(tmp) / scenario)
             golden = GOLDEN / scenario
             names = sorted(p.name for p in out.iterdir() if p.is_file())
