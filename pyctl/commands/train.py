@@ -84,7 +84,13 @@ def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = Fal
         created=time.time(),
         nodes=[NodeRecord(rank=i, name=f"{job_id}-{i}") for i in range(job.num_parts)],
         options=job.options,
-        k8s={"kubeconfig": str(kubeconfig), "namespace": request.namespace, "kind": "indexed-job", "name": job_id},
+        k8s={
+            "kubeconfig": str(kubeconfig),
+            "namespace": request.namespace,
+            "kind": "indexed-job",
+            "name": job_id,
+            "queue": request.queue,
+        },
     )
     return _submit_k8s(settings, record, documents, follow)
 
@@ -275,9 +281,10 @@ def _follow(store: JobStore, job_id: str) -> int:
     path = store.dir(job_id) / "output.log"
     position = 0
     try:
-        for line in logs.follow(path, done):
-            position += len(line.encode()) + 1
-            _out(line)
+        with _live_log(state["record"]) as view:
+            for line in logs.follow(path, done):
+                position += len(line.encode()) + 1
+                view.write(line)
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id} on every host")
         cancel_job(store, store.load(job_id), wait=True)
@@ -288,6 +295,14 @@ def _follow(store: JobStore, job_id: str) -> int:
         return ExitCode.INTERRUPTED
     record = store.load(job_id)
     return _report_end(record)
+
+
+def _live_log(record: JobRecord) -> Any:
+    """Where a followed job's lines go: on a terminal, with its progress line below them."""
+    from pyctl.train import progress
+
+    tracker = progress.Tracker(record.id, record.workload, progress.epochs_asked(record.options))
+    return progress.LiveLog(tracker, console.out(), _out)
 
 
 def _accuracy(record: JobRecord) -> float | None:
@@ -356,6 +371,7 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "namespace": job.request.namespace,
             "kind": job.request.kind,
             "name": job_id,
+            "queue": job.request.queue,
         },
     )
     return _submit_k8s(settings, record, documents, follow)
@@ -389,7 +405,9 @@ def _submit_k8s(settings: Settings, record: JobRecord, documents: dict[str, str]
         store.update(job_id, lambda rec: _fail(rec, reason))
         raise
     store.update(job_id, lambda rec: setattr(rec, "state", "running"))
-    _say(f"job {job_id} submitted: {record.k8s['kind']} {job_id} in namespace {namespace}")
+    queue = record.k8s.get("queue")
+    via = f" through Kueue queue {queue} (it starts when all its pods are admitted)" if queue else ""
+    _say(f"job {job_id} submitted: {record.k8s['kind']} {job_id} in namespace {namespace}{via}")
     if not follow:
         _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
         _out(job_id)
@@ -414,7 +432,8 @@ def _follow_k8s(store: JobStore, job_id: str) -> int:
     record = store.load(job_id)
     client = _k8s_client(record)
     try:
-        outcome = client.follow(record, _out)
+        with _live_log(record) as view:
+            outcome = client.follow(record, view.write, note=lambda message: _say(f"job {job_id}: {message}"))
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id}")
         cancel_job(store, store.load(job_id), wait=True)

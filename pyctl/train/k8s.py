@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pyctl.errors import PyctlError
-from pyctl.train import logs
+from pyctl.train import kueue, logs, trainjob
 from pyctl.train.jobs import JobRecord
 from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
 
@@ -30,7 +30,7 @@ class KubeError(PyctlError):
 
 @dataclass
 class Outcome:
-    state: str  # running | succeeded | failed | cancelled
+    state: str  # queued | running | succeeded | failed | cancelled
     exit_code: int | None
     message: str
     summary: dict[str, Any] | None = None
@@ -98,6 +98,9 @@ class Client:
             self._call(
                 "create the script ConfigMap", self.core.create_namespaced_config_map, namespace, objects["configmap"]
             )
+        if "trainjob" in objects:
+            self._submit_trainjob(objects, namespace)
+            return
         if "pytorchjob" in objects:
             group, version, plural = KUBEFLOW
             self._call(
@@ -133,12 +136,63 @@ class Client:
                 {"metadata": {"ownerReferences": owner}},
             )
 
+    def _submit_trainjob(self, objects: dict[str, Any], namespace: str) -> None:
+        """pyctl's ClusterTrainingRuntime when asked (created, or replaced: jobs share it), then the
+        TrainJob (strict field validation: an unknown field is refused, not dropped), which owns the
+        script ConfigMap."""
+        from kubernetes.client.exceptions import ApiException
+
+        group, version = trainjob.GROUP, trainjob.VERSION
+        runtime = objects.get("clustertrainingruntime")
+        if runtime is not None:
+            name = runtime["metadata"]["name"]
+            try:
+                self.custom.create_cluster_custom_object(
+                    group, version, trainjob.RUNTIME_PLURAL, runtime, field_validation="Strict"
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise KubeError(
+                        f"create the ClusterTrainingRuntime {name}: the API server answered {exc.status} {exc.reason}"
+                    ) from exc
+                self._call(
+                    f"update the ClusterTrainingRuntime {name}",
+                    self.custom.patch_cluster_custom_object,
+                    group,
+                    version,
+                    trainjob.RUNTIME_PLURAL,
+                    name,
+                    runtime,
+                )
+        created = self._call(
+            "create the TrainJob (is Kubeflow Trainer v2 installed?)",
+            self.custom.create_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            trainjob.PLURAL,
+            objects["trainjob"],
+            field_validation="Strict",
+        )
+        if "configmap" in objects:
+            self._call(
+                "own the script ConfigMap",
+                self.core.patch_namespaced_config_map,
+                objects["configmap"]["metadata"]["name"],
+                namespace,
+                {"metadata": {"ownerReferences": [trainjob.owner_reference(created)]}},
+            )
+
     def cancel(self, record: JobRecord) -> None:
         from kubernetes.client.exceptions import ApiException
 
         namespace, name = record.k8s["namespace"], record.k8s["name"]
         try:
-            if record.k8s.get("kind") == "pytorchjob":
+            if record.k8s.get("kind") == "trainjob":
+                self.custom.delete_namespaced_custom_object(
+                    trainjob.GROUP, trainjob.VERSION, namespace, trainjob.PLURAL, name, propagation_policy="Foreground"
+                )
+            elif record.k8s.get("kind") == "pytorchjob":
                 group, version, plural = KUBEFLOW
                 self.custom.delete_namespaced_custom_object(
                     group, version, namespace, plural, name, propagation_policy="Foreground"
@@ -154,23 +208,44 @@ class Client:
 
     def _pods(self, record: JobRecord) -> list[Any]:
         namespace, name = record.k8s["namespace"], record.k8s["name"]
-        selector = (
-            f"training.kubeflow.org/job-name={name}" if record.k8s.get("kind") == "pytorchjob" else f"job-name={name}"
-        )
+        selector = {
+            "pytorchjob": f"training.kubeflow.org/job-name={name}",
+            "trainjob": f"{trainjob.POD_SELECTOR}={name}",
+        }.get(record.k8s.get("kind"), f"job-name={name}")
         pods = self._call("list the job's pods", self.core.list_namespaced_pod, namespace, label_selector=selector)
         return sorted(pods.items, key=node_index)
 
     def status(self, record: JobRecord) -> Outcome:
         namespace, name = record.k8s["namespace"], record.k8s["name"]
-        if record.k8s.get("kind") == "pytorchjob":
+        kind = record.k8s.get("kind")
+        if kind == "trainjob":
+            body = self._call(
+                "read the TrainJob",
+                self.custom.get_namespaced_custom_object,
+                trainjob.GROUP,
+                trainjob.VERSION,
+                namespace,
+                trainjob.PLURAL,
+                name,
+            )
+            state, message = trainjob.outcome_of(body.get("status"))
+            outcome = Outcome(state, {"succeeded": 0, "failed": 1}.get(state), message)
+            uid = body["metadata"]["uid"]
+        elif kind == "pytorchjob":
             group, version, plural = KUBEFLOW
             body = self._call(
                 "read the PyTorchJob", self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
             )
             outcome = pytorchjob_outcome(body.get("status"))
+            uid = ""
         else:
             body = self._call("read the Job", self.batch.read_namespaced_job, name, namespace)
             outcome = job_outcome(self.api.sanitize_for_serialization(body.status))
+            if outcome.state == "running" and body.spec and body.spec.suspend:
+                outcome = Outcome("queued", None, "the Job is suspended")
+            uid = body.metadata.uid
+        if outcome.state == "queued" and record.k8s.get("queue"):
+            outcome = self._admission(record, uid)
         if outcome.state == "failed":
             for pod in self._pods(record):
                 for container in (pod.status.container_statuses or []) if pod.status else []:
@@ -181,6 +256,18 @@ class Client:
                         return outcome
         return outcome
 
+    def _admission(self, record: JobRecord, uid: str) -> Outcome:
+        """A suspended job with a queue: what its Kueue Workload says (admitted: starting)."""
+        queue = record.k8s["queue"]
+        try:
+            workload, served = kueue.find_workload(self.custom, record.k8s["namespace"], uid)
+        except Exception as exc:  # urllib3 and API errors: say so, keep waiting
+            return Outcome("queued", None, f"waiting for admission in queue {queue} (Workload unreadable: {exc})")
+        admission = kueue.admission(queue, workload, kueue_served=served)
+        if admission.admitted:
+            return Outcome("running", None, f"{admission.message}; starting")
+        return Outcome("queued", None, admission.message)
+
     def logs(self, record: JobRecord, out: Callable[[str], None]) -> None:
         for pod in self._pods(record):
             text = self._call(
@@ -189,12 +276,26 @@ class Client:
             for line in str(text).splitlines():
                 out(f"[node {node_index(pod)}] {line}")
 
-    def follow(self, record: JobRecord, out: Callable[[str], None], poll: float = 2.0) -> Outcome:
-        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended."""
+    def follow(
+        self,
+        record: JobRecord,
+        out: Callable[[str], None],
+        poll: float = 2.0,
+        note: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended. `note` hears
+        the waits (a queued job: why; then that it was admitted)."""
         merged = logs.MergedLog(Path("/dev/null"), echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
         errors: list[str] = []
+
+        said = {"message": "", "queued": False}
+
+        def tell(message: str) -> None:
+            if note is not None and message != said["message"]:
+                said["message"] = message
+                note(message)
 
         def on_line(line: str) -> None:
             if line.startswith(logs.ERROR_PREFIX):
@@ -225,7 +326,13 @@ class Client:
                     found[pod.metadata.name] = thread
                     thread.start()
             outcome = self.status(record)
-            if outcome.state != "running":
+            if outcome.state == "queued":
+                said["queued"] = True
+                tell(outcome.message)
+            elif said["queued"] and outcome.state == "running":
+                said["queued"] = False
+                tell(outcome.message if outcome.message.startswith("admitted") else f"admitted; {outcome.message}")
+            if outcome.state not in ("running", "queued"):
                 for thread in found.values():
                     thread.join(timeout=30)
                 outcome.summary = summary or None
