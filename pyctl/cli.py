@@ -443,6 +443,19 @@ def train_logs(
     raise typer.Exit(run_logs(job, follow))
 
 
+@train_app.command("report")
+def train_report(
+    job: JobArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also draw the figures into FILE.png or FILE.html.")
+    ] = None,
+) -> None:
+    """Loss and accuracy per epoch and throughput per rank, from the job's metrics: a table (and a figure)."""
+    from pyctl.commands.train import run_report
+
+    raise typer.Exit(run_report(job, out))
+
+
 @train_app.command("cancel")
 def train_cancel(job: JobArg) -> None:
     """Stop a job everywhere: every process group on every host, or the Kubernetes Job and its pods."""

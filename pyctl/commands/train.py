@@ -433,7 +433,12 @@ def _follow_k8s(store: JobStore, job_id: str) -> int:
     client = _k8s_client(record)
     try:
         with _live_log(record) as view:
-            outcome = client.follow(record, view.write, note=lambda message: _say(f"job {job_id}: {message}"))
+            outcome = client.follow(
+                record,
+                view.write,
+                note=lambda message: _say(f"job {job_id}: {message}"),
+                log_path=store.dir(job_id) / "output.log",
+            )
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id}")
         cancel_job(store, store.load(job_id), wait=True)
@@ -575,6 +580,44 @@ def run_cancel(name: str) -> int:
     record = cancel_job(store, record)
     _say(f"job {record.id} {record.state}: {record.message}")
     return ExitCode.OK if record.final else ExitCode.HOST_FAILED
+
+
+# --- pyctl train report ------------------------------------------------------------------------------
+
+
+def run_report(name: str, out: Path | None = None) -> int:
+    """Print a job's figures table (per epoch, per rank) from its metrics lines; draw them into --out."""
+    from pyctl.train import report
+
+    if out is not None:
+        report.check_out(out)
+    store = JobStore(load_settings())
+    record = store.load(store.resolve(name))
+    lines = _metric_lines(store, record)
+    figures = report.collect(record.id, lines, record.workload)
+    if not figures.epochs:
+        raise UsageError(
+            f"job {record.id} has no epoch metrics in its log",
+            hint="the payloads print them once per epoch; a --script prints PYCTL_METRICS lines for this "
+            "(see payloads/ddp/README.md)",
+        )
+    for table in report.tables(figures):
+        console.out().print(table)
+    if out is not None:
+        report.write(figures, out)
+        _say(f"wrote {out}")
+    return ExitCode.OK
+
+
+def _metric_lines(store: JobStore, record: JobRecord) -> list[str]:
+    """The job's merged log: the recorded one, or (Kubernetes, never followed) its pods' logs."""
+    path = store.dir(record.id) / "output.log"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    lines = text.splitlines()
+    if record.backend == "k8s" and "epoch" not in text:
+        lines = []
+        _k8s_client(record).logs(record, lines.append)
+    return lines
 
 
 # --- pyctl train setup ------------------------------------------------------------------------------

@@ -282,10 +282,11 @@ class Client:
         out: Callable[[str], None],
         poll: float = 2.0,
         note: Callable[[str], None] | None = None,
+        log_path: Path = Path("/dev/null"),
     ) -> Outcome:
-        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended. `note` hears
-        the waits (a queued job: why; then that it was admitted)."""
-        merged = logs.MergedLog(Path("/dev/null"), echo=out)
+        """Stream every pod's log (merged, prefixed, also into `log_path`) until the job ends; returns how
+        it ended. `note` hears the waits (a queued job: why; then that it was admitted)."""
+        merged = logs.MergedLog(log_path, echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
         errors: list[str] = []

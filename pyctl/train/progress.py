@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 METRICS_PREFIX = "PYCTL_METRICS "
 _PREFIX = re.compile(r"^(\[[^\]]*\] )+")  # the merged log's "[host] " / "[node i] "
-ACCURACY_KEYS = ("test_accuracy", "val_acc", "accuracy", "test_acc", "train_acc")
+ACCURACY_KEYS = ("test_accuracy", "accuracy", "test_acc", "train_acc", "val_acc")  # first present, per line
 
 
 @dataclass(frozen=True)
