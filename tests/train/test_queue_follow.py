@@ -6,6 +6,7 @@ admission in its queue (with Kueue's reason), then that it was admitted, then st
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -157,3 +158,49 @@ def test_kueue_admission_messages():
     checks = {"status": {"conditions": [{"type": "QuotaReserved", "status": "True"}]}}
     assert kueue.admission("q", checks).message == f"{wait}: quota reserved, admission checks pending"
     assert kueue.job_labels({"a": "b"}, None) == {"a": "b"}
+
+
+def test_the_cli_follows_a_queued_trainjob_to_its_end(state_dir, tmp_path, capsys, monkeypatch):
+    """`pyctl train ddp --kind trainjob --queue Q --follow` through commands/train.py, on the double."""
+    from pyctl import cli
+    from pyctl.config import load_settings
+    from tests.train.test_cli import INVENTORY
+
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(INVENTORY)
+    kubeconfig = load_settings().kubeconfig("cp1")
+    kubeconfig.parent.mkdir(parents=True)
+    kubeconfig.write_text("not read: the client is the double\n")
+    api = FakeTrainingApi()
+    _script(
+        api,
+        {
+            2: lambda: api.hold(QUOTA),
+            3: api.admit,
+            4: lambda: api.run({0: ['PYCTL_SUMMARY {"test_accuracy": 0.97}'], 1: ["hello"]}),
+            5: api.finish,
+        },
+    )
+
+    class DoubleClient(k8s.Client):
+        def __init__(self, path):
+            self.api, self.core, self.batch, self.custom = ApiClient(), api, api, api
+
+        def follow(self, record, out, poll=2.0, **kwargs):
+            return super().follow(record, out, poll=0, **kwargs)
+
+    monkeypatch.setattr(k8s, "Client", DoubleClient)
+    args = ["--kind", "trainjob", "--queue", "team-a", "--nodes", "2", "--follow"]
+    assert cli.main(["train", "ddp", "-i", str(inventory), *args]) == 0
+    captured = capsys.readouterr()
+    assert "through Kueue queue team-a" in captured.err
+    assert f"waiting for admission in queue team-a: {QUOTA}" in captured.err
+    assert "admitted; 0 pod(s) active" in captured.err
+    assert "succeeded: the TrainJob completed; test accuracy 0.97" in captured.err
+    assert "[node 1] hello" in captured.out
+    assert cli.main(["train", "status", "last", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["state"], record["k8s"]["kind"], record["k8s"]["queue"]) == ("succeeded", "trainjob", "team-a")
+    job_dir = load_settings().state_dir / "jobs" / record["id"]
+    assert "[node 1] hello" in (job_dir / "output.log").read_text()
+    assert sorted(p.name for p in (job_dir / "manifests").iterdir()) == ["trainjob.yaml"]
