@@ -14,7 +14,6 @@ line under the scrolling log on a terminal (rich Live) and prints the log alone 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 METRICS_PREFIX = "PYCTL_METRICS "
-_PREFIX = re.compile(r"^(\[[^\]]*\] )+")  # the merged log's "[host] " / "[node i] "
+_BARE = '{"event": "epoch"'  # how both payloads' json.dumps of an epoch record begins
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "test_acc", "train_acc", "val_acc")  # first present, per line
 
 
@@ -48,12 +47,16 @@ def _number(value: Any) -> float | None:
 
 
 def parse(line: str, workload: str = "ddp") -> Epoch | None:
-    """The epoch record in a (possibly prefixed) log line, or None."""
-    text = _PREFIX.sub("", line.strip(), count=1)
-    if text.startswith(METRICS_PREFIX):
-        text = text[len(METRICS_PREFIX) :]
-    if not text.startswith("{") or '"epoch"' not in text:
-        return None
+    """The epoch record in a log line, whatever prefixes the merged log, launchers or torchrun put
+    before it ("[host] ", "[node i] ", "[default0]:"), or None."""
+    index = line.find(METRICS_PREFIX)
+    if index >= 0:
+        text = line[index + len(METRICS_PREFIX) :]
+    else:
+        index = line.find(_BARE)
+        if index < 0:
+            return None
+        text = line[index:]
     try:
         record = json.loads(text)
     except ValueError:
@@ -81,12 +84,14 @@ def parse(line: str, workload: str = "ddp") -> Epoch | None:
 
 def epochs_asked(options: dict[str, Any]) -> int | None:
     """--epochs from a job record's options (the payload's arguments), when pyctl passed it."""
+    found = None
     for key in ("payload_args", "train_args"):
-        args = list(options.get(key) or [])
-        for i, arg in enumerate(args[:-1]):
-            if arg == "--epochs" and str(args[i + 1]).isdigit():
-                return int(args[i + 1])
-    return None
+        args = [str(a) for a in options.get(key) or []]
+        for i, arg in enumerate(args):
+            value = args[i + 1] if arg == "--epochs" and i + 1 < len(args) else arg.removeprefix("--epochs=")
+            if (arg == "--epochs" or arg.startswith("--epochs=")) and value.isdigit():
+                found = int(value)  # the last one wins, as in argparse
+    return found
 
 
 @dataclass

@@ -58,7 +58,8 @@ def test_metrics_lines_of_both_payloads_parse_and_others_do_not():
     for other in (LOG[0], LOG[-1], "[w1] {not json", '[w1] {"event": "summary"}', "", "[w1] epoch 1/3 loss=1"):
         assert progress.parse(other) is None, other
     assert progress.epochs_asked({"payload_args": ["--dataset", "digits", "--epochs", "7"]}) == 7
-    assert progress.epochs_asked({"train_args": ["--epochs", "4"]}) == 4
+    assert progress.epochs_asked({"train_args": ["--epochs", "4", "--hidden", "8", "--epochs=6"]}) == 6
+    assert progress.parse(f"[default0]:{distdgl}", "distdgl").epoch == 1
     assert progress.epochs_asked({}) is None
 
 
