@@ -155,3 +155,12 @@ def test_report_of_a_distdgl_job_uses_its_epoch_lines(state_dir, capsys):
     cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in out.splitlines() if ln.count("│") >= 6]
     assert cells == [["1", "1.2500", "0.5000", "", "2.500"], ["2", "0.7500", "0.6250", "", "2.500"]], out
     assert "train_acc" in out and "per rank" not in out
+
+
+def test_logs_follow_of_a_finished_ssh_job_prints_its_lines_plain(state_dir, capsys):
+    """Not on a terminal (capsys), `logs --follow` goes through the live view and prints lines as before."""
+    job = _job(state_dir, LOG)
+    store = JobStore(load_settings())
+    store.update(job, lambda rec: (setattr(rec, "state", "succeeded"), setattr(rec, "exit_code", 0)))
+    assert cli.main(["train", "logs", job, "--follow"]) == 0
+    assert capsys.readouterr().out.splitlines() == LOG
