@@ -45,6 +45,9 @@ FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Print the merge
 QueueOpt = Annotated[
     str | None, typer.Option("--queue", help="k8s: submit through this Kueue LocalQueue (all pods admitted at once).")
 ]
+StartTimeoutOpt = Annotated[
+    float, typer.Option("--start-timeout", help="k8s --follow: seconds for every pod to start, else fail (0: wait).")
+]
 
 
 def _version(value: bool) -> None:
@@ -263,6 +266,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
     from pyctl.commands.train import run_ddp
@@ -300,6 +304,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
         namespace=namespace,
         claim=claim,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_ddp(request, render, follow))
 
@@ -363,6 +368,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     queue: QueueOpt = None,
     render: RenderOpt = None,
     follow: FollowOpt = False,
+    start_timeout: StartTimeoutOpt = 900.0,
 ) -> None:
     """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
     from pyctl.commands.train import run_distdgl
@@ -401,6 +407,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         claim=claim,
         queue=queue,
         claim_mount=claim_mount,
+        start_timeout_s=start_timeout,
     )
     raise typer.Exit(run_distdgl(request, render, follow))
 

@@ -90,6 +90,7 @@ def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = Fal
             "kind": "indexed-job",
             "name": job_id,
             "queue": request.queue,
+            "start_timeout_s": request.start_timeout_s,
         },
     )
     return _submit_k8s(settings, record, documents, follow)
@@ -335,7 +336,7 @@ def _mark_lost(store: JobStore, record: JobRecord) -> JobRecord:
     def change(rec: JobRecord) -> None:
         if not rec.final:
             rec.state, rec.exit_code = "failed", 1
-            rec.message = "the supervisor died; its hosts' process groups stopped when its connections closed"
+            rec.message = f"the supervisor died before recording how the job ended ('pyctl train logs {rec.id}')"
             rec.finished = time.time()
 
     return store.update(record.id, change)
@@ -372,6 +373,7 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "kind": job.request.kind,
             "name": job_id,
             "queue": job.request.queue,
+            "start_timeout_s": job.request.start_timeout_s,
         },
     )
     return _submit_k8s(settings, record, documents, follow)
@@ -394,6 +396,8 @@ def _submit_k8s(settings: Settings, record: JobRecord, documents: dict[str, str]
     store = JobStore(settings)
     client = k8s.Client(Path(record.k8s["kubeconfig"]))
     job_id, namespace = record.id, record.k8s["namespace"]
+    for warning in client.check_before_submit(documents, namespace):
+        _say(f"warning: {warning}")
     job_dir = store.create(record)
     (job_dir / "manifests").mkdir(mode=0o700)
     for name, text in documents.items():
@@ -433,12 +437,7 @@ def _follow_k8s(store: JobStore, job_id: str) -> int:
     client = _k8s_client(record)
     try:
         with _live_log(record) as view:
-            outcome = client.follow(
-                record,
-                view.write,
-                note=lambda message: _say(f"job {job_id}: {message}"),
-                log_path=store.dir(job_id) / "output.log",
-            )
+            outcome = client.follow(record, view.write, say=_say, log_path=store.dir(job_id) / "output.log")
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id}")
         cancel_job(store, store.load(job_id), wait=True)
@@ -579,6 +578,8 @@ def run_cancel(name: str) -> int:
         return ExitCode.OK
     record = cancel_job(store, record)
     _say(f"job {record.id} {record.state}: {record.message}")
+    if record.ssh.get("not_stopped"):
+        return ExitCode.UNREACHABLE
     return ExitCode.OK if record.final else ExitCode.HOST_FAILED
 
 

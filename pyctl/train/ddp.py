@@ -14,6 +14,7 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 DATASETS = ("fashion-mnist", "digits")
 BACKENDS = ("k8s", "ssh")
@@ -70,6 +71,7 @@ class DdpRequest:
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,13 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
         pool = cluster.nodes or list(cluster.hosts)
         if request.gpus_per_node > 0:
             pool = [h for h in pool if h.gpu]
+    if not pool and request.gpus_per_node > 0:
+        raise UsageError(
+            f"--gpus-per-node {request.gpus_per_node} but the inventory has no GPU hosts (gpu=true)",
+            hint="mark GPU hosts with gpu=true in the inventory, or name the hosts with --hosts",
+        )
+    if not pool:
+        raise UsageError("the inventory has no hosts for this job", hint="add hosts to control_plane or workers")
     wanted = nodes if nodes is not None else len(pool)
     if wanted > len(pool):
         what = "GPU hosts (gpu=true)" if request.gpus_per_node > 0 and not request.hosts else "hosts"
@@ -141,6 +150,22 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
             hint=f"use --nodes {len(pool)} or fewer" if pool else "mark GPU hosts with gpu=true in the inventory",
         )
     return tuple(pool[:wanted])
+
+
+def refuse_iface_on_k8s(iface: str | None) -> None:
+    """--iface names a host's NIC; a pod has its own network namespace (eth0 on flannel), and gloo/NCCL
+    find the pod's address from its host name, so the host's name would break the job."""
+    if iface:
+        raise UsageError(
+            f"--iface {iface} is for --backend ssh: pods do not have the hosts' interfaces (on flannel only eth0)",
+            hint="leave --iface out for Kubernetes (pods use their own address); to force one, "
+            "--env GLOO_SOCKET_IFNAME=eth0",
+        )
+
+
+def check_start_timeout(seconds: float) -> None:
+    if not seconds >= 0:
+        raise UsageError(f"--start-timeout {seconds}: give seconds (0 waits for ever)")
 
 
 def _check_flags(r: DdpRequest) -> None:
@@ -164,11 +189,13 @@ def _check_flags(r: DdpRequest) -> None:
             raise UsageError(f"{flag} {value}: must be {low} or more")
     if r.lr is not None and not r.lr > 0:
         raise UsageError(f"--lr {r.lr}: must be a positive number")
+    check_start_timeout(r.start_timeout_s)
     if not 1024 <= r.master_port <= 65535:
         raise UsageError(f"--master-port {r.master_port}: use a port from 1024 to 65535")
     if r.checkpoint_dir is not None:
         _absolute("--checkpoint-dir", r.checkpoint_dir)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         mount = _absolute("--claim-mount", r.claim_mount)
         if r.checkpoint_dir and not PurePosixPath(r.checkpoint_dir).is_relative_to(mount):
             raise UsageError(

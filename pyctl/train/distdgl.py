@@ -27,7 +27,16 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.ddp import BACKENDS, DEFAULT_CLAIM, DEFAULT_CLAIM_MOUNT, DEFAULT_NAMESPACE, _parse_env
+from pyctl.train.ddp import (
+    BACKENDS,
+    DEFAULT_CLAIM,
+    DEFAULT_CLAIM_MOUNT,
+    DEFAULT_NAMESPACE,
+    _parse_env,
+    check_start_timeout,
+    refuse_iface_on_k8s,
+)
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -84,6 +93,7 @@ class DistDglRequest:
     claim_mount: str = DEFAULT_CLAIM_MOUNT
     queue: str | None = None  # k8s: a Kueue LocalQueue (gang admission)
     grace_s: float = 15.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,9 @@ def _check_flags(r: DistDglRequest) -> None:
     for flag, value in (("--peer-timeout", r.peer_timeout), ("--partition-timeout", r.partition_timeout)):
         if not value > 0:
             raise UsageError(f"{flag} {value}: must be a positive number of seconds")
+    check_start_timeout(r.start_timeout_s)
     if r.backend == "k8s":
+        refuse_iface_on_k8s(r.iface)
         _absolute("--claim-mount", r.claim_mount)
         for flag, value in (
             ("--shared-path", r.shared_path),
@@ -292,8 +304,6 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
             )
         share = r.claim_mount.rstrip("/")
     base_env = {"PYTHONUNBUFFERED": "1", "DGLBACKEND": "pytorch"}
-    if r.iface:
-        base_env["GLOO_SOCKET_IFNAME"] = r.iface
     base_env.update(env)
     partition_args = _graph(r, share)
     train_args = _train(r)

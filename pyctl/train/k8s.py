@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from pyctl.errors import PyctlError
-from pyctl.train import kueue, logs, trainjob
+from pyctl.errors import PyctlError, UsageError
+from pyctl.train import kueue, logs, podstart, trainjob
 from pyctl.train.jobs import JobRecord
 from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
 
@@ -68,6 +68,33 @@ def node_index(pod: Any) -> int:
     return index + (1 if labels.get("training.kubeflow.org/replica-type", "").lower() == "worker" else 0)
 
 
+class _AdmissionNotes:
+    """What a follower says about a queued job: each new reason it waits, then that it was admitted."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.last = ""
+        self.queued = False
+
+    def _tell(self, message: str) -> None:
+        if message != self.last:
+            self.last = message
+            self.say(message)
+
+    def held(self, outcome: Outcome, watch: podstart.StartWatch) -> bool:
+        """True while the job waits for admission; on admission the start deadline counts from now."""
+        if outcome.state == "queued":
+            self.queued = True
+            self._tell(outcome.message)
+            return True
+        if self.queued:
+            self.queued = False
+            admitted = outcome.message if outcome.message.startswith("admitted") else f"admitted; {outcome.message}"
+            self._tell(admitted)
+            watch.created = time.time()
+        return False
+
+
 class Client:
     def __init__(self, kubeconfig: Path) -> None:
         from kubernetes import client, config
@@ -91,6 +118,42 @@ class Client:
             raise KubeError(f"{what}: the API server cannot be reached ({type(exc).__name__})") from exc
 
     # -- submit / cancel ----------------------------------------------------------------------------
+
+    def check_before_submit(self, documents: dict[str, str], namespace: str) -> list[str]:
+        """Refuse a claim the namespace does not have (UsageError, exit 2); return warnings: an unbound
+        claim, an image name without a registry host."""
+        from kubernetes.client.exceptions import ApiException
+
+        claims, images = podstart.claims_and_images({n: yaml.safe_load(t) for n, t in documents.items()})
+        warnings = []
+        for claim in claims:
+            try:
+                body = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise UsageError(
+                        f"the claim {claim!r} does not exist in namespace {namespace}: the pods would never start",
+                        hint="'pyctl bootstrap -i INVENTORY --phases storage,addons' makes the shared claim; "
+                        "or name an existing one with --claim (and --namespace)",
+                    ) from exc
+                raise KubeError(f"read the claim {claim}: the API server answered {exc.status} {exc.reason}") from exc
+            except Exception as exc:
+                raise KubeError(
+                    f"read the claim {claim}: the API server cannot be reached ({type(exc).__name__})"
+                ) from exc
+            phase = body.status.phase if body.status else None
+            if phase != "Bound":
+                warnings.append(
+                    f"the claim {claim!r} in namespace {namespace} is {phase or 'not bound'}: pods wait until it binds"
+                )
+        for image in images:
+            normalized = podstart.unqualified_image(image)
+            if normalized is not None:
+                warnings.append(
+                    f"the image {image!r} names no registry: nodes pull {normalized} unless it was imported on each "
+                    f"of them; push it to a registry the nodes reach and give --image REGISTRY/{image}"
+                )
+        return warnings
 
     def submit(self, documents: dict[str, str], namespace: str) -> None:
         objects = {name: yaml.safe_load(text) for name, text in documents.items()}
@@ -276,27 +339,65 @@ class Client:
             for line in str(text).splitlines():
                 out(f"[node {node_index(pod)}] {line}")
 
+    def _events(self, record: JobRecord, pods: list[Any]) -> list[Any]:
+        """Events of the job and of its pods that have not started (what the scheduler and kubelet said)."""
+        namespace = record.k8s["namespace"]
+        names = [record.k8s["name"]] + [
+            p.metadata.name for p in pods if p.status is None or p.status.phase == "Pending"
+        ]
+        events: list[Any] = []
+        for name in names:
+            found = self._call(
+                "list the job's events",
+                self.core.list_namespaced_event,
+                namespace,
+                field_selector=f"involvedObject.name={name}",
+            )
+            events += found.items or []
+        return events
+
+    def _start_verdict(
+        self, record: JobRecord, pods: list[Any], watch: podstart.StartWatch, say: Callable[[str], None]
+    ) -> str | None:
+        """Until every pod has started: say why they wait; past the deadline, delete the job and say why."""
+        if watch.started:
+            return None
+        events = self._events(record, pods)
+        lines, verdict = watch.observe([(node_index(p), p) for p in pods], events, time.time())
+        for line in lines:
+            say(line)
+        if verdict is not None:
+            try:
+                self.cancel(record)
+            except KubeError as exc:
+                verdict += f" (deleting the Job failed: {exc.message}; run 'pyctl train cancel {record.id}')"
+        return verdict
+
     def follow(
         self,
         record: JobRecord,
         out: Callable[[str], None],
         poll: float = 2.0,
-        note: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
         log_path: Path = Path("/dev/null"),
     ) -> Outcome:
         """Stream every pod's log (merged, prefixed, also into `log_path`) until the job ends; returns how
-        it ended. `note` hears the waits (a queued job: why; then that it was admitted)."""
+        it ended. A queued job: `say` gets why it waits for admission, then that it was admitted. Until
+        every pod has started, `say` gets each new reason one is waiting (and the job's warning events);
+        past the start deadline (counted from submission, or from admission for a queued job) the job is
+        deleted and fails with the reason."""
+        say = say or out
+        watch = podstart.StartWatch(
+            expected=len(record.nodes),
+            created=record.created,
+            timeout_s=float(record.k8s.get("start_timeout_s", podstart.DEFAULT_START_TIMEOUT_S)),
+        )
         merged = logs.MergedLog(log_path, echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
         errors: list[str] = []
 
-        said = {"message": "", "queued": False}
-
-        def tell(message: str) -> None:
-            if note is not None and message != said["message"]:
-                said["message"] = message
-                note(message)
+        admission = _AdmissionNotes(say)
 
         def on_line(line: str) -> None:
             if line.startswith(logs.ERROR_PREFIX):
@@ -321,19 +422,21 @@ class Client:
             source.flush()
 
         while True:
-            for pod in self._pods(record):
+            pods = self._pods(record)
+            outcome = self.status(record)
+            if admission.held(outcome, watch):  # by Kueue: no pods yet, and no start deadline running
+                time.sleep(poll)
+                continue
+            verdict = self._start_verdict(record, pods, watch, say) if outcome.state == "running" else None
+            if verdict is not None:
+                merged.close()
+                return Outcome("failed", 1, verdict)
+            for pod in pods:
                 if pod.metadata.name not in found and pod.status and pod.status.phase != "Pending":
                     thread = threading.Thread(target=stream, args=(pod.metadata.name, node_index(pod)), daemon=True)
                     found[pod.metadata.name] = thread
                     thread.start()
-            outcome = self.status(record)
-            if outcome.state == "queued":
-                said["queued"] = True
-                tell(outcome.message)
-            elif said["queued"] and outcome.state == "running":
-                said["queued"] = False
-                tell(outcome.message if outcome.message.startswith("admitted") else f"admitted; {outcome.message}")
-            if outcome.state not in ("running", "queued"):
+            if outcome.state != "running":
                 for thread in found.values():
                     thread.join(timeout=30)
                 outcome.summary = summary or None

@@ -11,7 +11,9 @@ How torchrun is wired (PET_* variables, read by torchrun for each of its flags):
 - With --max-restarts > 0 on more than one node: c10d rendezvous at node 0 with
   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (static rendezvous cannot restart across nodes: the restarted
   workers read the failed attempt's peer addresses), and PET_LOCAL_ADDR = the pod's own DNS name, so
-  index 0 sorts first and stays rank 0.
+  index 0 sorts first and stays rank 0. Index 0 hosts the c10d store (`PET_RDZV_CONF=is_host=1`, 0 on
+  the others, set by the pod's start script from the completion index), as on SSH: torchrun's own guess
+  resolves pod 0's headless name, which may not be published yet.
 - Peers (index > 0) wait for node 0's port before starting torchrun (templates/wait-for-master.sh).
 """
 
@@ -65,10 +67,6 @@ def _env(job: DdpJob, job_id: str, service: str, *, rank_from_index: bool) -> li
     values = {"PYCTL_JOB_ID": job_id, **job.env}
     if r.checkpoint_dir:
         values["PYCTL_CHECKPOINT_DIR"] = r.checkpoint_dir
-    if r.iface:
-        values["GLOO_SOCKET_IFNAME"] = r.iface
-        if r.gpus_per_node:
-            values["NCCL_SOCKET_IFNAME"] = r.iface
     env += [{"name": k, "value": v} for k, v in values.items()]
     return env
 

@@ -195,6 +195,7 @@ class Supervisor:
         self.cancelled = False
         self._stop = threading.Event()
         self.summary: dict[str, Any] | None = None
+        self.record_problems: list[str] = []  # failed writes of the job record while it ran
 
     def stop(self, reason: str, cancelled: bool = False) -> None:
         if self.stop_reason is None:
@@ -300,8 +301,14 @@ class Supervisor:
                 entry.pgid = pgids.get(entry.name, entry.pgid)
             record.ssh["job_dirs"] = {n.launch.host: n.job_dir for n in nodes}
 
-        with contextlib.suppress(Exception):
+        try:
             self.store.update(self.job_id, change)
+        except Exception as exc:
+            # Without the ids a later `cancel` (supervisor gone) finds no group: say so, in the log now
+            # and in the job's final message.
+            problem = f"process group ids not recorded in the job record: {type(exc).__name__}: {exc}"
+            self.say(f"error: {problem}")
+            self.record_problems.append(problem)
 
     # -- supervise ---------------------------------------------------------------------------------
 
@@ -371,6 +378,8 @@ class Supervisor:
             state, code, message = "failed", 1, self.stop_reason or "not every host started"
         else:
             state, code, message = "succeeded", 0, "every host finished"
+        if self.record_problems:
+            message += f" ({'; '.join(dict.fromkeys(self.record_problems))})"
         codes = {n.launch.host: n.exit_code for n in nodes}
 
         def change(record: JobRecord) -> None:
@@ -392,46 +401,68 @@ class Supervisor:
         self.store.update(self.job_id, change)
 
 
-def kill_group(conn: Any, job_dir: str, sig: str = "KILL") -> None:
-    """Signal the job's process group and its wrapper on one host, from the recorded `pgid` file."""
+def kill_group(conn: Any, job_dir: str, sig: str = "KILL") -> bool:
+    """Signal the job's process group and its wrapper on one host, from the recorded `pgid` file;
+    False when the host has no such file (no group was ever started there)."""
     pgid_file = remote.quote([f"{job_dir}/pgid"])
     script = (
-        f"test -f {pgid_file} || exit 0; read pg wp < {pgid_file}; "
+        f"test -f {pgid_file} || exit 3; read pg wp < {pgid_file}; "
         f'kill -{sig} -- "-$pg" 2>/dev/null; kill -{sig} "$wp" 2>/dev/null; exit 0'
     )
-    remote.run(conn, script, timeout=30)
+    code, out = remote.run(conn, script, timeout=30)
+    if code not in (0, 3):
+        raise remote.RemoteCommandError(f"signalling the process group failed (exit {code}): {out.strip()}")
+    return code == 0
 
 
-def cancel_without_supervisor(store: JobStore, record: JobRecord) -> None:
-    """The supervisor is gone but the record says running: stop each host's group directly."""
+def cancel_without_supervisor(store: JobStore, record: JobRecord) -> JobRecord:
+    """The supervisor is gone but the record says running: stop each host's group directly. The record
+    says which hosts were reached and stopped, which had no group, and which could not be reached."""
     targets = {t["name"]: target_from_dict(t) for t in record.ssh.get("targets", [])}
     job_dirs = record.ssh.get("job_dirs", {})
 
-    def one(name: str) -> None:
+    def one(name: str) -> bool:
         conn = remote.connect(targets[name])
         try:
             directory = job_dirs.get(name)
             if not directory:
                 _, home = remote.run(conn, 'printf %s "$HOME"', timeout=30)
                 directory = f"{home.strip()}/{REMOTE_ROOT}/{record.id}/{name}"
-            kill_group(conn, directory, "TERM")
+            if not kill_group(conn, directory, "TERM"):
+                return False
             time.sleep(float(record.ssh.get("grace_s", 15)) if record.ssh.get("grace_s") else 5)
             kill_group(conn, directory, "KILL")
+            return True
         finally:
             remote.close(conn)
 
+    stopped: list[str] = []
+    no_group: list[str] = []
+    unreached: dict[str, str] = {}  # host -> why nothing was stopped there
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
-        for future in [pool.submit(one, n) for n in targets]:
-            with contextlib.suppress(Exception):
-                future.result()
+        futures = {n: pool.submit(one, n) for n in targets}
+        for name, future in futures.items():
+            try:
+                (stopped if future.result() else no_group).append(name)
+            except Exception as exc:
+                reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                unreached[name] = reason if reason.startswith(f"host {name}") else f"host {name}: {reason}"
+    parts = []
+    if stopped:
+        parts.append(f"process groups signalled directly (TERM, then KILL) on {', '.join(stopped)}")
+    if no_group:
+        parts.append(f"no process group recorded on {', '.join(no_group)}")
+    if unreached:
+        parts.append(f"nothing stopped on: {'; '.join(unreached.values())}")
+    message = f"cancelled (the supervisor was gone; {'; '.join(parts) or 'the job has no hosts'})"
 
     def change(rec: JobRecord) -> None:
         if not rec.final:
-            rec.state, rec.exit_code = "cancelled", CANCELLED_EXIT
-            rec.message = "cancelled (the supervisor was gone; process groups stopped directly)"
+            rec.state, rec.exit_code, rec.message = "cancelled", CANCELLED_EXIT, message
             rec.finished = time.time()
+            rec.ssh["not_stopped"] = sorted(unreached)
 
-    store.update(record.id, change)
+    return store.update(record.id, change)
 
 
 def supervisor_alive(record: JobRecord) -> bool:

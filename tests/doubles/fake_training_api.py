@@ -32,8 +32,11 @@ from typing import Any
 
 from kubernetes.client import (
     ApiClient,
+    CoreV1EventList,
     V1Job,
     V1ObjectMeta,
+    V1PersistentVolumeClaim,
+    V1PersistentVolumeClaimStatus,
     V1Pod,
     V1PodList,
     V1PodStatus,
@@ -69,6 +72,7 @@ class FakeTrainingApi:
         self.pods: list[V1Pod] = []
         self.pod_logs: dict[str, list[str]] = {}
         self.runtimes: set[str] = {"torch-distributed"}
+        self.claims: dict[str, str] = {"pyctl-shared": "Bound"}  # claim -> phase
         self.reads = 0
         self.on_read: Callable[[int], None] | None = None
         self._api = ApiClient()
@@ -194,6 +198,16 @@ class FakeTrainingApi:
 
     def delete_namespaced_config_map(self, name: str, namespace: str) -> None:
         self.objects.pop(("ConfigMap", name), None)
+
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> V1PersistentVolumeClaim:
+        if name not in self.claims:
+            raise _error(404, "Not Found")
+        return V1PersistentVolumeClaim(
+            metadata=V1ObjectMeta(name=name), status=V1PersistentVolumeClaimStatus(phase=self.claims[name])
+        )
+
+    def list_namespaced_event(self, namespace: str, field_selector: str = "") -> CoreV1EventList:
+        return CoreV1EventList(items=[])
 
     def list_namespaced_pod(self, namespace: str, label_selector: str) -> V1PodList:
         key, _, value = label_selector.partition("=")

@@ -53,6 +53,10 @@ def _fails(capsys, *args: str) -> str:
         (["--backend", "ssh", "--nodes", "5", "--ssh-user", "u"], "--nodes 5 but the inventory has only 3 hosts"),
         (["--nodes", "4"], "--nodes 4 but the inventory has only 3 Kubernetes nodes"),
         (["--gpus-per-node", "1"], "--nodes 1 but the inventory has only 0 GPU nodes"),
+        (
+            ["--backend", "ssh", "--gpus-per-node", "1", "--ssh-user", "u"],
+            "--gpus-per-node 1 but the inventory has no GPU hosts (gpu=true)",
+        ),
         (["--script", "/nonexistent/train.py"], "--script /nonexistent/train.py: no such file"),
         (["--kind", "pytorchjob", "--backend", "ssh"], "--kind pytorchjob needs --backend k8s"),
         (["--backend", "slurm"], "--backend 'slurm' is not one of k8s, ssh"),
@@ -61,6 +65,7 @@ def _fails(capsys, *args: str) -> str:
         (["--epochs", "0"], "--epochs 0: must be 1 or more"),
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' is not NAME=VALUE"),
         (["--backend", "ssh", "--image", "x"], "--image is for --backend k8s"),
+        (["--iface", "enp3s0"], "--iface enp3s0 is for --backend ssh: pods do not have the hosts' interfaces"),
         ([], "no kubeconfig for cluster cp1 at "),
         (["--backend", "ssh"], "no key for the training user 'pyctl'"),
     ],

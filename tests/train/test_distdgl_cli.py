@@ -72,6 +72,7 @@ SSH = ["--backend", "ssh", "--ssh-user", "u"]
         (["--backend", "slurm"], "--backend 'slurm' is not one of k8s, ssh"),
         (["--image", "x", *SSH], "--image is for --backend k8s"),
         (["--shared-path", "/srv"], "--shared-path is for --backend ssh"),
+        (["--iface", "enp3s0"], "--iface enp3s0 is for --backend ssh: pods do not have the hosts' interfaces"),
         (["--shared-path", "srv", *SSH, "--hosts", "cp1"], "--shared-path 'srv' must be an absolute path"),
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' is not NAME=VALUE"),
         (["--", "--mode", "local"], "--mode after '--' is set by pyctl and launch.py"),

@@ -56,7 +56,6 @@ CASES = {
             "fanouts": "10,25",
             "eval_fanouts": "-1,-1",
             "train_args": ("--hidden", "128"),
-            "iface": "eth1",
             "env": ("FOO=bar",),
             "image": "registry.local/pyctl-distdgl:cuda",
             "namespace": "training",
@@ -118,7 +117,7 @@ def test_indexed_job_wiring(tmp_path):
         "['batch.kubernetes.io/job-completion-index']"
     )
     assert env["PYCTL_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["PYCTL_MACHINES"]["value"] == "2" and env["GLOO_SOCKET_IFNAME"]["value"] == "eth1"
+    assert env["PYCTL_MACHINES"]["value"] == "2" and "GLOO_SOCKET_IFNAME" not in env
     assert container["command"] == ["python", "/opt/pyctl/startup/distdgl_startup.py"]
     assert container["args"][-2:] == ["--own-ip", "$(PYCTL_POD_IP)"]
     volumes = {v["name"]: v for v in pod["volumes"]}

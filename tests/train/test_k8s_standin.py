@@ -23,7 +23,9 @@ from tests.train.conftest import DDP_PYTHON, REPO
 pytestmark = pytest.mark.lab
 
 
-def _run_pods(train_lab, tmp_path: Path, job_id: str, **overrides) -> tuple[KubeletStandin, dict[int, int], Path]:
+def _run_pods(
+    train_lab, tmp_path: Path, job_id: str, dns_delays: dict[int, float | None] | None = None, **overrides
+) -> tuple[KubeletStandin, dict[int, int], Path]:
     request = ddp.DdpRequest(
         inventory=Path(train_lab.inventory), backend="k8s", nodes=2, dataset="digits", batch_size=32, lr=0.05,
         threads=1, **overrides,
@@ -42,6 +44,7 @@ def _run_pods(train_lab, tmp_path: Path, job_id: str, **overrides) -> tuple[Kube
         image_path_env=f"{DDP_PYTHON.parent}:/usr/local/bin:/usr/bin:/bin",  # the image's python, torchrun
         claims={"pyctl-shared": share},
         workdir=tmp_path / "pods",
+        dns_delays=dns_delays,
     )
     codes = standin.run(timeout=480)
     return standin, codes, share
@@ -74,10 +77,12 @@ def test_rendered_indexed_job_runs_to_completion(train_lab, tmp_path):
 
 def test_rendered_indexed_job_restarts_across_pods(train_lab, tmp_path):
     """--max-restarts on 2 nodes: c10d rendezvous at pod 0 (PET_LOCAL_ADDR = $(PET_NODE_RANK) expanded),
-    a worker killed mid-epoch, the pods' torchruns restart and resume from the checkpoint on the claim."""
+    a worker killed mid-epoch, the pods' torchruns restart and resume from the checkpoint on the claim.
+    Pod 0's own record is published 25 s after the others, as cluster DNS may: pod 0 still hosts the
+    c10d store (by completion index; torchrun's own guess resolves that name and would say no)."""
     job_id = "ddp-standin-r"
     standin, codes, _ = _run_pods(
-        train_lab, tmp_path, job_id, epochs=4, max_restarts=1, env=("PYCTL_DDP_FAIL_AT=2:2:1",)
+        train_lab, tmp_path, job_id, dns_delays={0: 25.0}, epochs=4, max_restarts=1, env=("PYCTL_DDP_FAIL_AT=2:2:1",)
     )
     pod0, pod1 = standin.pods
     assert standin.outcome == "succeeded" and codes[0] == 0, (

@@ -104,7 +104,6 @@ CASES = {
         {
             "gpus_per_node": 2,
             "max_restarts": 2,
-            "iface": "eth1",
             "checkpoint_dir": "/mnt/pyctl-shared/runs/a",
             "dataset": "fashion-mnist",
             "data_path": "/mnt/pyctl-shared/data/fashion-mnist",
@@ -193,5 +192,6 @@ def test_gpu_job_requests_gpus_and_the_nvidia_runtime(tmp_path):
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 2}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["NCCL_SOCKET_IFNAME"] == "eth1" and env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    assert "NCCL_SOCKET_IFNAME" not in env and "GLOO_SOCKET_IFNAME" not in env, "pods use their own interface"
     assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"

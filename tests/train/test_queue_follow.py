@@ -53,7 +53,7 @@ def test_a_queued_job_waits_for_admission_then_runs(tmp_path, case, kind):
         },
     )
     notes, lines = [], []
-    outcome = client.follow(_record(kind, "team-a"), lines.append, poll=0, note=notes.append)
+    outcome = client.follow(_record(kind, "team-a"), lines.append, poll=0, say=notes.append)
     assert notes == [
         "waiting for admission in queue team-a: Quota not reserved: waiting for the scheduler",
         f"waiting for admission in queue team-a: {QUOTA}",

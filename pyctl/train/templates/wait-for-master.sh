@@ -19,4 +19,11 @@ while True:
 print(f"pyctl: node 0 ({host}:{port}) is listening after {time.monotonic() - start:.1f} s", flush=True)
 PY
 fi
+# c10d rendezvous (restarts on more than one node): node 0 hosts the store, decided by the completion
+# index. Left to itself torchrun guesses by resolving the endpoint's name, pod 0's own headless record,
+# which may not be published yet: then no pod hosts it and every node waits for nothing.
+if [ "${PET_RDZV_BACKEND:-}" = "c10d" ]; then
+  if [ "${PET_NODE_RANK:-0}" = "0" ]; then is_host=1; else is_host=0; fi
+  export PET_RDZV_CONF="${PET_RDZV_CONF:+$PET_RDZV_CONF,}is_host=$is_host"
+fi
 exec "$@"
