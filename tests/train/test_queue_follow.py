@@ -204,3 +204,21 @@ def test_the_cli_follows_a_queued_trainjob_to_its_end(state_dir, tmp_path, capsy
     job_dir = load_settings().state_dir / "jobs" / record["id"]
     assert "[node 1] hello" in (job_dir / "output.log").read_text()
     assert sorted(p.name for p in (job_dir / "manifests").iterdir()) == ["trainjob.yaml"]
+
+
+def test_the_start_deadline_counts_from_admission_not_from_submission(tmp_path):
+    """A job an hour in the queue is not failed for pods that did not start: none may start until admitted."""
+    from pyctl.train.jobs import NodeRecord
+
+    api = FakeTrainingApi()
+    client = _client(api)
+    client.submit(render_case(tmp_path, "indexed-job-queue"), "default")
+    record = _record("indexed-job", "team-a")
+    record.created -= 3600
+    record.k8s["start_timeout_s"] = 900
+    record.nodes = [NodeRecord(rank=i, name=f"{JOB_ID}-{i}") for i in range(2)]
+    _script(api, {3: api.admit, 4: lambda: api.run({0: ["a"], 1: ["b"]}), 6: api.finish})
+    notes: list[str] = []
+    outcome = client.follow(record, lambda line: None, poll=0, say=notes.append)
+    assert (outcome.state, outcome.message) == ("succeeded", "the Job completed"), notes
+    assert notes[-1] == "admitted; 0 pod(s) active"
