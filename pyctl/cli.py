@@ -42,6 +42,9 @@ RenderOpt = Annotated[
     Path | None, typer.Option("--render", help="Write every manifest or command to DIR; start nothing.")
 ]
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Print the merged log; exit with the job's code.")]
+QueueOpt = Annotated[
+    str | None, typer.Option("--queue", help="k8s: submit through this Kueue LocalQueue (all pods admitted at once).")
+]
 StartTimeoutOpt = Annotated[
     float, typer.Option("--start-timeout", help="k8s --follow: seconds for every pod to start, else fail (0: wait).")
 ]
@@ -234,7 +237,17 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     script: Annotated[
         Path | None, typer.Option("--script", help="Your own torchrun-ready script; its arguments after '--'.")
     ] = None,
-    kind: Annotated[str, typer.Option("--kind", help="k8s: indexed-job or pytorchjob (Kubeflow).")] = "indexed-job",
+    kind: Annotated[
+        str, typer.Option("--kind", help="k8s: indexed-job, trainjob (Kubeflow Trainer v2) or pytorchjob (legacy).")
+    ] = "indexed-job",
+    queue: QueueOpt = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="trainjob: the ClusterTrainingRuntime (default torch-distributed)."),
+    ] = None,
+    with_runtime: Annotated[
+        bool, typer.Option("--with-runtime", help="trainjob: also apply pyctl's runtime (pyctl-torch[-nvidia]).")
+    ] = False,
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="torchrun restarts of the whole job.")] = 0,
     master_port: Annotated[int, typer.Option("--master-port", help="torchrun's rendezvous port on node 0.")] = 29500,
     env: EnvOpt = None,
@@ -278,6 +291,9 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
         script=script,
         script_args=tuple(ctx.args),
         kind=kind,
+        queue=queue,
+        runtime=runtime,
+        with_runtime=with_runtime,
         max_restarts=max_restarts,
         master_port=master_port,
         env=tuple(env or ()),
@@ -355,6 +371,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
     namespace: NamespaceOpt = "default",
     claim: ClaimOpt = "pyctl-shared",
     claim_mount: ClaimMountOpt = "/mnt/pyctl-shared",
+    queue: QueueOpt = None,
     render: RenderOpt = None,
     follow: FollowOpt = False,
     start_timeout: StartTimeoutOpt = 900.0,
@@ -395,6 +412,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         image=image,
         namespace=namespace,
         claim=claim,
+        queue=queue,
         claim_mount=claim_mount,
         start_timeout_s=start_timeout,
     )
@@ -437,6 +455,19 @@ def train_logs(
     from pyctl.commands.train import run_logs
 
     raise typer.Exit(run_logs(job, follow))
+
+
+@train_app.command("report")
+def train_report(
+    job: JobArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also draw the figures into FILE.png or FILE.html.")
+    ] = None,
+) -> None:
+    """Loss and accuracy per epoch and throughput per rank, from the job's metrics: a table (and a figure)."""
+    from pyctl.commands.train import run_report
+
+    raise typer.Exit(run_report(job, out))
 
 
 @train_app.command("cancel")

@@ -42,6 +42,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 SUMMARY_PREFIX = "PYCTL_SUMMARY"
+METRICS_PREFIX = "PYCTL_METRICS"  # one line per epoch and rank on stdout, read by pyctl's progress and report
 FAIL_AT_ENV = "PYCTL_DDP_FAIL_AT"
 SGD_MOMENTUM = 0.9
 
@@ -259,6 +260,7 @@ class Trainer:
         self.sampler, self.train_loader, self.test_loader = loaders.sampler, loaders.train, loaders.test
         self.epochs_done = 0
         self.test_accuracy: float | None = None
+        self.rank_samples_per_s: float | None = None
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs (resuming from the checkpoint if there is one); return the summary."""
@@ -286,6 +288,8 @@ class Trainer:
                 "restart_count": self.info.restart_count,
             }
             self._log_json(record_)
+            mine = {"epochs": self.config.epochs, "rank": self.info.rank, "rank_samples_per_s": self.rank_samples_per_s}
+            print(f"{METRICS_PREFIX} {json.dumps({**record_, **mine})}", flush=True)
             if self.info.is_main:
                 log(
                     self.info,
@@ -330,6 +334,8 @@ class Trainer:
             self.optimizer.step()
             loss_sum += loss.detach() * labels.size(0)
             samples += labels.size(0)
+        own = time.perf_counter() - start  # this rank's own pace, before it waits for the slowest
+        self.rank_samples_per_s = round(samples / own, 2) if own > 0 else None
         totals = torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=self.device)])
         dist.all_reduce(totals)  # also waits for the slowest rank, so the time covers the whole step set
         seconds = time.perf_counter() - start

@@ -89,6 +89,7 @@ def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = Fal
             "namespace": request.namespace,
             "kind": "indexed-job",
             "name": job_id,
+            "queue": request.queue,
             "start_timeout_s": request.start_timeout_s,
         },
     )
@@ -281,9 +282,10 @@ def _follow(store: JobStore, job_id: str) -> int:
     path = store.dir(job_id) / "output.log"
     position = 0
     try:
-        for line in logs.follow(path, done):
-            position += len(line.encode()) + 1
-            _out(line)
+        with _live_log(state["record"]) as view:
+            for line in logs.follow(path, done):
+                position += len(line.encode()) + 1
+                view.write(line)
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id} on every host")
         cancel_job(store, store.load(job_id), wait=True)
@@ -294,6 +296,14 @@ def _follow(store: JobStore, job_id: str) -> int:
         return ExitCode.INTERRUPTED
     record = store.load(job_id)
     return _report_end(record)
+
+
+def _live_log(record: JobRecord) -> Any:
+    """Where a followed job's lines go: on a terminal, with its progress line below them."""
+    from pyctl.train import progress
+
+    tracker = progress.Tracker(record.id, record.workload, progress.epochs_asked(record.options))
+    return progress.LiveLog(tracker, console.out(), _out)
 
 
 def _accuracy(record: JobRecord) -> float | None:
@@ -362,6 +372,7 @@ def _run_k8s(  # noqa: PLR0917 - one call site, each argument named there
             "namespace": job.request.namespace,
             "kind": job.request.kind,
             "name": job_id,
+            "queue": job.request.queue,
             "start_timeout_s": job.request.start_timeout_s,
             "image": job.image,  # image, claim and its mount: what `pyctl train fetch` runs its pod with
             "claim": job.request.claim,
@@ -401,7 +412,9 @@ def _submit_k8s(settings: Settings, record: JobRecord, documents: dict[str, str]
         store.update(job_id, lambda rec: _fail(rec, reason))
         raise
     store.update(job_id, lambda rec: setattr(rec, "state", "running"))
-    _say(f"job {job_id} submitted: {record.k8s['kind']} {job_id} in namespace {namespace}")
+    queue = record.k8s.get("queue")
+    via = f" through Kueue queue {queue} (it starts when all its pods are admitted)" if queue else ""
+    _say(f"job {job_id} submitted: {record.k8s['kind']} {job_id} in namespace {namespace}{via}")
     if not follow:
         _say(f"follow it: pyctl train logs {job_id} --follow; stop it: pyctl train cancel {job_id}")
         _out(job_id)
@@ -426,7 +439,8 @@ def _follow_k8s(store: JobStore, job_id: str) -> int:
     record = store.load(job_id)
     client = _k8s_client(record)
     try:
-        outcome = client.follow(record, _out, say=_say)
+        with _live_log(record) as view:
+            outcome = client.follow(record, view.write, say=_say, log_path=store.dir(job_id) / "output.log")
     except KeyboardInterrupt:
         _say(f"Ctrl-C: cancelling job {job_id}")
         cancel_job(store, store.load(job_id), wait=True)
@@ -570,6 +584,44 @@ def run_cancel(name: str) -> int:
     if record.ssh.get("not_stopped"):
         return ExitCode.UNREACHABLE
     return ExitCode.OK if record.final else ExitCode.HOST_FAILED
+
+
+# --- pyctl train report ------------------------------------------------------------------------------
+
+
+def run_report(name: str, out: Path | None = None) -> int:
+    """Print a job's figures table (per epoch, per rank) from its metrics lines; draw them into --out."""
+    from pyctl.train import report
+
+    if out is not None:
+        report.check_out(out)
+    store = JobStore(load_settings())
+    record = store.load(store.resolve(name))
+    lines = _metric_lines(store, record)
+    figures = report.collect(record.id, lines, record.workload)
+    if not figures.epochs:
+        raise UsageError(
+            f"job {record.id} has no epoch metrics in its log",
+            hint="the payloads print them once per epoch; a --script prints PYCTL_METRICS lines for this "
+            "(see payloads/ddp/README.md)",
+        )
+    for table in report.tables(figures):
+        console.out().print(table)
+    if out is not None:
+        report.write(figures, out)
+        _say(f"wrote {out}")
+    return ExitCode.OK
+
+
+def _metric_lines(store: JobStore, record: JobRecord) -> list[str]:
+    """The job's merged log: the recorded one, or (Kubernetes, never followed) its pods' logs."""
+    path = store.dir(record.id) / "output.log"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    lines = text.splitlines()
+    if record.backend == "k8s" and "epoch" not in text:
+        lines = []
+        _k8s_client(record).logs(record, lines.append)
+    return lines
 
 
 # --- pyctl train setup ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 DATASETS = ("fashion-mnist", "digits")
 BACKENDS = ("k8s", "ssh")
-KINDS = ("indexed-job", "pytorchjob")
+KINDS = ("indexed-job", "pytorchjob", "trainjob")
 DEFAULT_IMAGE_CPU = "pyctl-ddp:cpu"
 DEFAULT_IMAGE_GPU = "pyctl-ddp:cuda"
 IMAGE_PAYLOAD = "/opt/pyctl/ddp/train.py"  # where the payload image (payloads/ddp/Dockerfile) keeps it
@@ -32,6 +32,7 @@ DEFAULT_SSH_USER = "pyctl"  # the ssh_trust role's training user
 DEFAULT_PYTHON = "/opt/pyctl/venvs/ddp/bin/python"  # what the train_env role installs on each host
 MAX_SCRIPT_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 _PAYLOAD_ONLY = ("dataset", "data_path", "epochs", "batch_size", "lr", "threads")
 
 
@@ -55,6 +56,9 @@ class DdpRequest:
     script: Path | None = None
     script_args: tuple[str, ...] = ()
     kind: str = "indexed-job"
+    queue: str | None = None  # k8s: a Kueue LocalQueue (gang admission)
+    runtime: str | None = None  # --kind trainjob: the ClusterTrainingRuntime
+    with_runtime: bool = False  # --kind trainjob: also render and apply pyctl's runtime
     max_restarts: int = 0
     master_port: int = DEFAULT_MASTER_PORT
     env: tuple[str, ...] = ()  # KEY=VALUE for every node
@@ -171,8 +175,9 @@ def _check_flags(r: DdpRequest) -> None:
         raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
     if r.kind not in KINDS:
         raise UsageError(f"--kind {r.kind!r} is not one of {', '.join(KINDS)}")
-    if r.kind == "pytorchjob" and r.backend != "k8s":
-        raise UsageError("--kind pytorchjob needs --backend k8s")
+    if r.kind != "indexed-job" and r.backend != "k8s":
+        raise UsageError(f"--kind {r.kind} needs --backend k8s")
+    _check_k8s_extras(r)
     for flag, value, low in (
         ("--nodes", r.nodes, 1),
         ("--nproc-per-node", r.nproc_per_node, 1),
@@ -201,6 +206,31 @@ def _check_flags(r: DdpRequest) -> None:
             )
     elif r.image:
         raise UsageError("--image is for --backend k8s; on SSH hosts give the interpreter with --python")
+
+
+def _check_k8s_extras(r: DdpRequest) -> None:
+    """--queue, --runtime and --with-runtime: where each applies."""
+    if r.queue is not None:
+        if r.backend != "k8s":
+            raise UsageError("--queue is for --backend k8s (Kueue admits Kubernetes jobs)")
+        if not _LABEL_VALUE.match(r.queue):
+            raise UsageError(f"--queue {r.queue!r} is not a LocalQueue name (lower-case letters, digits, '-', '.')")
+        if r.kind == "pytorchjob":
+            raise UsageError(
+                "--queue with --kind pytorchjob is not supported (a legacy API)",
+                hint="Kueue's pytorchjob integration is off by default; use --kind trainjob or indexed-job",
+            )
+    if (r.runtime is not None or r.with_runtime) and r.kind != "trainjob":
+        raise UsageError("--runtime and --with-runtime are for --kind trainjob")
+    if r.runtime is not None and not _LABEL_VALUE.match(r.runtime):
+        raise UsageError(f"--runtime {r.runtime!r} is not a valid object name")
+    if r.with_runtime and r.runtime == "torch-distributed":
+        raise UsageError(
+            "--with-runtime would replace Kubeflow Trainer's own torch-distributed runtime",
+            hint="leave --runtime out (pyctl's is called pyctl-torch) or give another name",
+        )
+    if r.kind == "trainjob" and r.master_port != DEFAULT_MASTER_PORT:
+        raise UsageError("--master-port with --kind trainjob: Kubeflow Trainer always uses port 29500")
 
 
 def _program(r: DdpRequest, project_dir: Path) -> tuple[bytes, str, tuple[str, ...]]:
@@ -281,9 +311,9 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
     env = _parse_env(r.env)
     text, script_name, payload_args = _program(r, project_dir)
     nodes, hosts = _placement(r, cluster)
-    if r.kind == "pytorchjob" and r.backend == "k8s" and nodes > 1 and r.max_restarts > 0:
+    if r.kind in ("pytorchjob", "trainjob") and r.backend == "k8s" and nodes > 1 and r.max_restarts > 0:
         raise UsageError(
-            "--max-restarts with --kind pytorchjob on more than one node is not supported",
+            f"--max-restarts with --kind {r.kind} on more than one node is not supported",
             hint="the operator wires torchrun's static rendezvous, which cannot restart across nodes; "
             "use --kind indexed-job (c10d rendezvous when restarts are asked for)",
         )
@@ -297,6 +327,7 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
     options = {
         "backend": r.backend,
         "kind": r.kind if r.backend == "k8s" else None,
+        "queue": r.queue,
         "nodes": nodes,
         "nproc_per_node": nproc,
         "gpus_per_node": r.gpus_per_node,

@@ -94,6 +94,7 @@ class DistDglRequest:
     namespace: str = DEFAULT_NAMESPACE
     claim: str = DEFAULT_CLAIM
     claim_mount: str = DEFAULT_CLAIM_MOUNT
+    queue: str | None = None  # k8s: a Kueue LocalQueue (gang admission)
     grace_s: float = 15.0
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S  # k8s --follow: pods must have started by then
 
@@ -139,6 +140,8 @@ def _absolute(flag: str, value: str) -> str:
 def _check_flags(r: DistDglRequest) -> None:
     if r.backend not in BACKENDS:
         raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
+    if r.queue is not None and r.backend != "k8s":
+        raise UsageError("--queue is for --backend k8s (Kueue admits Kubernetes jobs)")
     for flag, value, low in (
         ("--num-parts", r.num_parts, 1),
         ("--num-trainers", r.num_trainers, 1),
@@ -357,6 +360,7 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
         "train_args": list(train_args),
         "script": str(r.script.expanduser().resolve()) if r.script else None,
         "shared_path": share,
+        "queue": r.queue,
         "env_names": sorted(env),
         "inventory": str(cluster.path),
     }
@@ -580,6 +584,7 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
     """The manifests for `job`, by name (file stem): what `--render` writes and what is submitted. The
     ConfigMap is called "configmap" so the Kubernetes client owns it to the Job (removed with it)."""
     from pyctl.render import render
+    from pyctl.train import kueue
     from pyctl.train.manifests import (
         COMPLETION_INDEX_ANNOTATION,
         PER_INDEX_SINCE,
@@ -602,7 +607,9 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
             "pyctl/workload": "distdgl",
         },
         "startup_dir": STARTUP_DIR,
+        "queue": r.queue or "",
     }
+    context["job_labels"] = kueue.job_labels(context["labels"], r.queue)
     index = f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
     env: list[dict[str, Any]] = [
         {"name": "PYCTL_MACHINE_INDEX", "valueFrom": {"fieldRef": {"fieldPath": index}}},

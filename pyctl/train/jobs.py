@@ -31,7 +31,7 @@ from typing import Any
 from pyctl.config import Settings
 from pyctl.errors import UsageError
 
-STATES = ("starting", "running", "succeeded", "failed", "cancelled")
+STATES = ("starting", "queued", "running", "succeeded", "failed", "cancelled")  # queued: Kueue holds it
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pyctl.errors import PyctlError, UsageError
-from pyctl.train import logs, podstart
+from pyctl.train import kueue, logs, podstart, trainjob
 from pyctl.train.jobs import JobRecord
 from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
 
@@ -31,7 +31,7 @@ class KubeError(PyctlError):
 
 @dataclass
 class Outcome:
-    state: str  # running | succeeded | failed | cancelled
+    state: str  # queued | running | succeeded | failed | cancelled
     exit_code: int | None
     message: str
     summary: dict[str, Any] | None = None
@@ -67,6 +67,33 @@ def node_index(pod: Any) -> int:
     labels = pod.metadata.labels or {}
     index = int(labels.get("training.kubeflow.org/replica-index", "0"))
     return index + (1 if labels.get("training.kubeflow.org/replica-type", "").lower() == "worker" else 0)
+
+
+class _AdmissionNotes:
+    """What a follower says about a queued job: each new reason it waits, then that it was admitted."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.last = ""
+        self.queued = False
+
+    def _tell(self, message: str) -> None:
+        if message != self.last:
+            self.last = message
+            self.say(message)
+
+    def held(self, outcome: Outcome, watch: podstart.StartWatch) -> bool:
+        """True while the job waits for admission; on admission the start deadline counts from now."""
+        if outcome.state == "queued":
+            self.queued = True
+            self._tell(outcome.message)
+            return True
+        if self.queued:
+            self.queued = False
+            admitted = outcome.message if outcome.message.startswith("admitted") else f"admitted; {outcome.message}"
+            self._tell(admitted)
+            watch.created = time.time()
+        return False
 
 
 class Client:
@@ -135,6 +162,9 @@ class Client:
             self._call(
                 "create the script ConfigMap", self.core.create_namespaced_config_map, namespace, objects["configmap"]
             )
+        if "trainjob" in objects:
+            self._submit_trainjob(objects, namespace)
+            return
         if "pytorchjob" in objects:
             group, version, plural = KUBEFLOW
             self._call(
@@ -170,12 +200,63 @@ class Client:
                 {"metadata": {"ownerReferences": owner}},
             )
 
+    def _submit_trainjob(self, objects: dict[str, Any], namespace: str) -> None:
+        """pyctl's ClusterTrainingRuntime when asked (created, or replaced: jobs share it), then the
+        TrainJob (strict field validation: an unknown field is refused, not dropped), which owns the
+        script ConfigMap."""
+        from kubernetes.client.exceptions import ApiException
+
+        group, version = trainjob.GROUP, trainjob.VERSION
+        runtime = objects.get("clustertrainingruntime")
+        if runtime is not None:
+            name = runtime["metadata"]["name"]
+            try:
+                self.custom.create_cluster_custom_object(
+                    group, version, trainjob.RUNTIME_PLURAL, runtime, field_validation="Strict"
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise KubeError(
+                        f"create the ClusterTrainingRuntime {name}: the API server answered {exc.status} {exc.reason}"
+                    ) from exc
+                self._call(
+                    f"update the ClusterTrainingRuntime {name}",
+                    self.custom.patch_cluster_custom_object,
+                    group,
+                    version,
+                    trainjob.RUNTIME_PLURAL,
+                    name,
+                    runtime,
+                )
+        created = self._call(
+            "create the TrainJob (is Kubeflow Trainer v2 installed?)",
+            self.custom.create_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            trainjob.PLURAL,
+            objects["trainjob"],
+            field_validation="Strict",
+        )
+        if "configmap" in objects:
+            self._call(
+                "own the script ConfigMap",
+                self.core.patch_namespaced_config_map,
+                objects["configmap"]["metadata"]["name"],
+                namespace,
+                {"metadata": {"ownerReferences": [trainjob.owner_reference(created)]}},
+            )
+
     def cancel(self, record: JobRecord) -> None:
         from kubernetes.client.exceptions import ApiException
 
         namespace, name = record.k8s["namespace"], record.k8s["name"]
         try:
-            if record.k8s.get("kind") == "pytorchjob":
+            if record.k8s.get("kind") == "trainjob":
+                self.custom.delete_namespaced_custom_object(
+                    trainjob.GROUP, trainjob.VERSION, namespace, trainjob.PLURAL, name, propagation_policy="Foreground"
+                )
+            elif record.k8s.get("kind") == "pytorchjob":
                 group, version, plural = KUBEFLOW
                 self.custom.delete_namespaced_custom_object(
                     group, version, namespace, plural, name, propagation_policy="Foreground"
@@ -191,23 +272,44 @@ class Client:
 
     def _pods(self, record: JobRecord) -> list[Any]:
         namespace, name = record.k8s["namespace"], record.k8s["name"]
-        selector = (
-            f"training.kubeflow.org/job-name={name}" if record.k8s.get("kind") == "pytorchjob" else f"job-name={name}"
-        )
+        selector = {
+            "pytorchjob": f"training.kubeflow.org/job-name={name}",
+            "trainjob": f"{trainjob.POD_SELECTOR}={name}",
+        }.get(record.k8s.get("kind"), f"job-name={name}")
         pods = self._call("list the job's pods", self.core.list_namespaced_pod, namespace, label_selector=selector)
         return sorted(pods.items, key=node_index)
 
     def status(self, record: JobRecord) -> Outcome:
         namespace, name = record.k8s["namespace"], record.k8s["name"]
-        if record.k8s.get("kind") == "pytorchjob":
+        kind = record.k8s.get("kind")
+        if kind == "trainjob":
+            body = self._call(
+                "read the TrainJob",
+                self.custom.get_namespaced_custom_object,
+                trainjob.GROUP,
+                trainjob.VERSION,
+                namespace,
+                trainjob.PLURAL,
+                name,
+            )
+            state, message = trainjob.outcome_of(body.get("status"))
+            outcome = Outcome(state, {"succeeded": 0, "failed": 1}.get(state), message)
+            uid = body["metadata"]["uid"]
+        elif kind == "pytorchjob":
             group, version, plural = KUBEFLOW
             body = self._call(
                 "read the PyTorchJob", self.custom.get_namespaced_custom_object, group, version, namespace, plural, name
             )
             outcome = pytorchjob_outcome(body.get("status"))
+            uid = ""
         else:
             body = self._call("read the Job", self.batch.read_namespaced_job, name, namespace)
             outcome = job_outcome(self.api.sanitize_for_serialization(body.status))
+            if outcome.state == "running" and body.spec and body.spec.suspend:
+                outcome = Outcome("queued", None, "the Job is suspended")
+            uid = body.metadata.uid
+        if outcome.state == "queued" and record.k8s.get("queue"):
+            outcome = self._admission(record, uid)
         if outcome.state == "failed":
             for pod in self._pods(record):
                 for container in (pod.status.container_statuses or []) if pod.status else []:
@@ -217,6 +319,18 @@ class Client:
                         outcome.message += f" (node {node_index(pod)} exited with {terminated.exit_code})"
                         return outcome
         return outcome
+
+    def _admission(self, record: JobRecord, uid: str) -> Outcome:
+        """A suspended job with a queue: what its Kueue Workload says (admitted: starting)."""
+        queue = record.k8s["queue"]
+        try:
+            workload, served = kueue.find_workload(self.custom, record.k8s["namespace"], uid)
+        except Exception as exc:  # urllib3 and API errors: say so, keep waiting
+            return Outcome("queued", None, f"waiting for admission in queue {queue} (Workload unreadable: {exc})")
+        admission = kueue.admission(queue, workload, kueue_served=served)
+        if admission.admitted:
+            return Outcome("running", None, f"{admission.message}; starting")
+        return Outcome("queued", None, admission.message)
 
     def logs(self, record: JobRecord, out: Callable[[str], None]) -> None:
         for pod in self._pods(record):
@@ -243,22 +357,48 @@ class Client:
             events += found.items or []
         return events
 
+    def _start_verdict(
+        self, record: JobRecord, pods: list[Any], watch: podstart.StartWatch, say: Callable[[str], None]
+    ) -> str | None:
+        """Until every pod has started: say why they wait; past the deadline, delete the job and say why."""
+        if watch.started:
+            return None
+        events = self._events(record, pods)
+        lines, verdict = watch.observe([(node_index(p), p) for p in pods], events, time.time())
+        for line in lines:
+            say(line)
+        if verdict is not None:
+            try:
+                self.cancel(record)
+            except KubeError as exc:
+                verdict += f" (deleting the Job failed: {exc.message}; run 'pyctl train cancel {record.id}')"
+        return verdict
+
     def follow(
-        self, record: JobRecord, out: Callable[[str], None], poll: float = 2.0, say: Callable[[str], None] | None = None
+        self,
+        record: JobRecord,
+        out: Callable[[str], None],
+        poll: float = 2.0,
+        say: Callable[[str], None] | None = None,
+        log_path: Path = Path("/dev/null"),
     ) -> Outcome:
-        """Stream every pod's log (merged, prefixed) until the job ends; returns how it ended. Until every
-        pod has started, `say` gets each new reason one is waiting (and the job's warning events); past
-        the start deadline the job is deleted and fails with the reason."""
+        """Stream every pod's log (merged, prefixed, also into `log_path`) until the job ends; returns how
+        it ended. A queued job: `say` gets why it waits for admission, then that it was admitted. Until
+        every pod has started, `say` gets each new reason one is waiting (and the job's warning events);
+        past the start deadline (counted from submission, or from admission for a queued job) the job is
+        deleted and fails with the reason."""
         say = say or out
         watch = podstart.StartWatch(
             expected=len(record.nodes),
             created=record.created,
             timeout_s=float(record.k8s.get("start_timeout_s", podstart.DEFAULT_START_TIMEOUT_S)),
         )
-        merged = logs.MergedLog(Path("/dev/null"), echo=out)
+        merged = logs.MergedLog(log_path, echo=out)
         found: dict[str, threading.Thread] = {}
         summary: dict[str, Any] = {}
         errors: list[str] = []
+
+        admission = _AdmissionNotes(say)
 
         def on_line(line: str) -> None:
             if line.startswith(logs.ERROR_PREFIX):
@@ -284,24 +424,19 @@ class Client:
 
         while True:
             pods = self._pods(record)
-            if not watch.started:
-                events = self._events(record, pods)
-                lines, verdict = watch.observe([(node_index(p), p) for p in pods], events, time.time())
-                for line in lines:
-                    say(line)
-                if verdict is not None:
-                    merged.close()
-                    try:
-                        self.cancel(record)
-                    except KubeError as exc:
-                        verdict += f" (deleting the Job failed: {exc.message}; run 'pyctl train cancel {record.id}')"
-                    return Outcome("failed", 1, verdict)
+            outcome = self.status(record)
+            if admission.held(outcome, watch):  # by Kueue: no pods yet, and no start deadline running
+                time.sleep(poll)
+                continue
+            verdict = self._start_verdict(record, pods, watch, say) if outcome.state == "running" else None
+            if verdict is not None:
+                merged.close()
+                return Outcome("failed", 1, verdict)
             for pod in pods:
                 if pod.metadata.name not in found and pod.status and pod.status.phase != "Pending":
                     thread = threading.Thread(target=stream, args=(pod.metadata.name, node_index(pod)), daemon=True)
                     found[pod.metadata.name] = thread
                     thread.start()
-            outcome = self.status(record)
             if outcome.state != "running":
                 for thread in found.values():
                     thread.join(timeout=30)

@@ -90,18 +90,23 @@ def _args(job: DdpJob, job_id: str, *, with_counts: bool) -> list[str]:
 
 
 def _common(job: DdpJob, job_id: str) -> dict[str, Any]:
+    from pyctl.train.kueue import job_labels
+
     r = job.request
+    labels = {
+        "app.kubernetes.io/name": "pyctl-train",
+        "app.kubernetes.io/managed-by": "pyctl",
+        "pyctl/job-id": job_id,
+        "pyctl/workload": "ddp",
+    }
     return {
         "job": job_id,
         "service": job_id,
         "master": f"{job_id}-0.{job_id}",
         "namespace": r.namespace,
-        "labels": {
-            "app.kubernetes.io/name": "pyctl-train",
-            "app.kubernetes.io/managed-by": "pyctl",
-            "pyctl/job-id": job_id,
-            "pyctl/workload": "ddp",
-        },
+        "labels": labels,
+        "job_labels": job_labels(labels, r.queue),  # the job object's: with Kueue's queue label
+        "queue": r.queue or "",
         "nodes": job.nodes,
         "nproc": job.nproc_per_node,
         "image": job.image,
@@ -126,6 +131,14 @@ def render_ddp(job: DdpJob, job_id: str) -> dict[str, str]:
             **context,
             script_data={job.script_name: job.script_text.decode("utf-8", errors="replace")},
         )
+    if job.request.kind == "trainjob":
+        from pyctl.train import trainjob
+
+        r = job.request
+        runtime = trainjob.runtime_name(r.runtime, r.with_runtime, r.gpus_per_node)
+        context = {**context, "env": _env(job, job_id, job_id, rank_from_index=False)}
+        context["args"] = _args(job, job_id, with_counts=False)
+        return documents | trainjob.render_documents(context, TEMPLATES, runtime=runtime, with_runtime=r.with_runtime)
     if job.request.kind == "pytorchjob":
         env = _env(job, job_id, job_id, rank_from_index=False)
         replicas = [{"type": "Master", "count": 1}]

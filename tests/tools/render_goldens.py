@@ -4,6 +4,7 @@ manifest `pyctl train ddp|distdgl --backend k8s` renders for the cases of tests/
 
     python tests/tools/render_goldens.py          # rewrite tests/golden/ (review the diff!)
     python tests/tools/render_goldens.py --check  # exit 1 when a golden file is stale
+    python tests/tools/render_goldens.py --train  # only the `pyctl train` renders (no root needed)
 
 This is the only thing that writes golden files: the tests compare and never rewrite, and this tool
 refuses to rewrite where CI is set (a CI run must compare what was committed).
@@ -67,12 +68,15 @@ def render(scenario: str, out: Path) -> Path:
 
 def render_train(case: str, out: Path) -> Path:
     """Render one `pyctl train` golden case (tests/train/test_*manifests.py CASES) into `out`."""
-    from tests.train import test_distdgl_manifests, test_manifests
+    from tests.train import test_distdgl_manifests, test_manifests, test_trainjob_manifests
 
-    module = test_manifests if case in test_manifests.CASES else test_distdgl_manifests
     work = out.parent / f".{case}-inputs"
     work.mkdir(parents=True, exist_ok=True)
-    _, documents = module._render(work, case)
+    if case in test_trainjob_manifests.CASES:
+        documents = test_trainjob_manifests.render_case(work, case)
+    else:
+        module = test_manifests if case in test_manifests.CASES else test_distdgl_manifests
+        _, documents = module._render(work, case)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in documents.items():
         (out / f"{name}.yaml").write_text(text)
@@ -80,9 +84,9 @@ def render_train(case: str, out: Path) -> Path:
 
 
 def train_cases() -> list[str]:
-    from tests.train import test_distdgl_manifests, test_manifests
+    from tests.train import test_distdgl_manifests, test_manifests, test_trainjob_manifests
 
-    return sorted({*test_manifests.CASES, *test_distdgl_manifests.CASES})
+    return sorted({*test_manifests.CASES, *test_distdgl_manifests.CASES, *test_trainjob_manifests.CASES})
 
 
 def main() -> int:
@@ -93,7 +97,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(s, GOLDEN / s, lambda s=s: render(s, Path(tmp) / s)) for s in scenarios()]
+        roles = [] if "--train" in sys.argv[1:] else scenarios()
+        jobs = [(s, GOLDEN / s, lambda s=s: render(s, Path(tmp) / s)) for s in roles]
         jobs += [(c, GOLDEN / "train" / c, lambda c=c: render_train(c, Path(tmp) / "train" / c)) for c in train_cases()]
         for scenario, golden, make in jobs:
             out = make()
