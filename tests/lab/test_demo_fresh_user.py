@@ -11,6 +11,7 @@ it stay untouched), removed with its home before and after.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyctl.runner import read_events
 from tests.lab.test_bootstrap_lab import bootstrap, recap
 from tests.train.conftest import FAST, need_ddp_python, pyctl, record
 from tests.train.test_ssh_backend import _python_for_other_users
@@ -40,6 +40,13 @@ def _remove_user(name: str) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", home], check=True)
     with pytest.raises(KeyError):
         pwd.getpwnam(name)
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """The events of a finished run, in order (ansible-runner's job_events folder)."""
+    folder = run_dir / "artifacts" / "ansible" / "job_events"
+    events = [json.loads(p.read_text()) for p in folder.glob("*.json") if not p.name.endswith("-partial.json")]
+    return sorted(events, key=lambda e: e.get("counter", 0))
 
 
 def _task_results(state: Path, task: str) -> dict[str, str]:
