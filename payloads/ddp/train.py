@@ -289,7 +289,10 @@ class Trainer:
             }
             self._log_json(record_)
             mine = {"epochs": self.config.epochs, "rank": self.info.rank, "rank_samples_per_s": self.rank_samples_per_s}
-            print(f"{METRICS_PREFIX} {json.dumps({**record_, **mine})}", flush=True)
+            # One write with its newline: ranks share stdout, and an unbuffered print writes the text and the
+            # newline separately, so two ranks' lines could interleave into one.
+            sys.stdout.write(f"{METRICS_PREFIX} {json.dumps({**record_, **mine})}\n")
+            sys.stdout.flush()
             if self.info.is_main:
                 log(
                     self.info,

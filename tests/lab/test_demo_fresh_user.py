@@ -12,7 +12,6 @@ it stay untouched), removed with its home before and after.
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import secrets
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import require_root
 from tests.lab.test_bootstrap_lab import bootstrap, recap
 from tests.train.conftest import FAST, need_ddp_python, pyctl, record
 from tests.train.test_ssh_backend import _python_for_other_users
@@ -65,8 +65,7 @@ def _task_results(state: Path, task: str) -> dict[str, str]:
 
 
 def test_the_demo_from_a_machine_without_the_training_user_runs_twice(lab, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces, useradd)")
+    require_root("lab tests need root (network namespaces, useradd)")
     need_ddp_python()
     python, site = _python_for_other_users()
     user = f"pyctl-t{secrets.token_hex(3)}"
