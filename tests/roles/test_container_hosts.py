@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
+from pyctl.lab import container
 from tests.roles.conftest import (
     PHASES,
     bootstrap,
-    container_forwarding_workaround,
     inventory_variant,
     without_nfs_server,
 )
@@ -63,7 +63,7 @@ def test_a_container_whose_sysctl_is_wrong_fails_with_what_to_do(container_lab, 
     try:
         run = bootstrap(inventory, state, "--phases", "prepare_nodes", "--limit", host.name)
     finally:
-        container_forwarding_workaround(container_lab)
+        container.set_host_sysctls([host.namespace])  # as the lab set it
     assert run.returncode == 1, run.output
     assert (
         f"{host.name} is a container with a read-only /proc/sys and needs net.ipv4.ip_forward=1: set them for the"
