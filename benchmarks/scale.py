@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -268,6 +269,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/scale.py needs root (labs)")
+    signal.signal(signal.SIGTERM, _stop)  # timeout(1) and kill: labs still come down
     sizes = sorted({int(x) for x in args.hosts.split(",") if x.strip()})
     tag = str(os.getpid())
     figures: dict = {"hosts": {}, "machine": {"cores": CORES, "date": time.strftime("%Y-%m-%d")}}
@@ -322,6 +324,7 @@ def main() -> int:
                     figures["node_add"] = {"s": round(node_add["s"], 1), "other_hosts_changed": len(others)}
                     print(line("node add", node_add, 1), flush=True)
                     print(f"  other hosts with a changing task: {', '.join(others) or 'none'}")
+                save(figures, args)  # after each size: a run stopped later keeps what it measured
                 if not args.keep:
                     pyctl("lab", "down", "--name", name)
         finally:
@@ -330,11 +333,19 @@ def main() -> int:
                 for name in labs:
                     pyctl("lab", "down", "--name", name)
     summarise(figures)
+    save(figures, args)
+    return 0
+
+
+def save(figures: dict, args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    if args.png:
+    if args.png and figures["hosts"]:
         chart(figures, args.png)
-    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}: taking the labs down")
 
 
 def summarise(figures: dict) -> None:
