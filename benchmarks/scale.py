@@ -107,8 +107,13 @@ class Controller:
         before = self.cpu()
         start = time.perf_counter()
         wrapped = ["sh", "-c", 'echo $$ > "$1" && shift && exec "$@"', "pyctl-bench", str(self.path / "cgroup.procs")]
-        result = subprocess.run([*wrapped, *argv], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
-        wall = time.perf_counter() - start
+        # Output to files, not pipes: a detached ControlPersist master must not hold the run open.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            done = subprocess.run([*wrapped, *argv], stdout=out, stderr=err, env=env, cwd=ROOT, check=False)
+            wall = time.perf_counter() - start
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
         self.stop_leftovers()  # ControlPersist masters and their socats: the next run starts cold, as a user's would
         return result, wall, self.cpu() - before
 
