@@ -222,7 +222,11 @@ def measured_run(controller: Controller, argv: list[str], env: dict[str, str], l
     verb = "node-add" if "node" in argv else "bootstrap"
     events = read_events(last_run_dir(state, verb))
     runs = remote_runs(events)
+    stats = next((e["event_data"] for e in reversed(events) if e.get("event") == "playbook_on_stats"), {})
     return {
+        "results_per_host": {
+            key: sum((stats.get(key) or {}).get(h, 0) for h in names) / max(1, len(names)) for key in ("ok", "skipped")
+        },
         "s": wall,
         "controller_cpu_s": controller_cpu,
         "host_cpu_s": host_cpu,
@@ -238,7 +242,8 @@ def line(label: str, run: dict, hosts: int) -> str:
         f"  {label:<10} {run['s']:7.1f} s  floor {run['floor_s']:6.1f} s"
         f"  controller {run['controller_cpu_s']:6.1f} CPU-s"
         f" ({run['controller_cpu_s'] / hosts:.2f}/host)  hosts {run['host_cpu_s']:6.1f} CPU-s  remote runs/host"
-        f" {run['remote_runs_per_host']:5.1f}  other load {run['other_load_cpu_s']:5.1f} CPU-s"
+        f" {run['remote_runs_per_host']:5.1f}  ok/skipped per host {run['results_per_host']['ok']:.0f}"
+        f"/{run['results_per_host']['skipped']:.0f}  other load {run['other_load_cpu_s']:5.1f} CPU-s"
     )
 
 
