@@ -41,6 +41,7 @@ TOOLS = {
 }
 SYSTEMD = True
 BOOT_TIMEOUT = 240.0
+PARALLEL_START = True  # hosts are independent: start them all at once
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 # Set per host network namespace before boot (read-only inside): node_prep's sysctls that are per namespace.
 HOST_SYSCTLS = {"net.ipv4.ip_forward": "1"}

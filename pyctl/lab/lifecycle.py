@@ -174,8 +174,12 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
     ssh.write_ssh_config(lab)
     module.start_lab(lab, settings)
     progress(f"starting {lab.nodes} {lab.kind} host(s)")
-    for host in lab.hosts:
-        module.start(lab, host)
+    if getattr(module, "PARALLEL_START", False):
+        with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes)) as pool:
+            list(pool.map(lambda host: module.start(lab, host), lab.hosts))
+    else:
+        for host in lab.hosts:
+            module.start(lab, host)
     progress(f"waiting for {lab.host_names()} to answer SSH")
     _wait_all(lab, module)
     lab.phase = "ready"
