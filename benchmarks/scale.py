@@ -44,6 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pyctl import inventory as inventory_module  # noqa: E402
 from pyctl.lab import cgroups, get  # noqa: E402
 from pyctl.lab.processes import kill_now  # noqa: E402
 from pyctl.runner import read_events  # noqa: E402
@@ -322,10 +323,11 @@ def main() -> int:
                     "other_load_cpu_s_noop": round(noop["other_load_cpu_s"], 1),
                     "lab_up_s": round(up_s, 1),
                 }
+                save(figures, args)
                 if add:
                     new = f"node{n + 1}"
                     full = write_inventory(summary["inventory"], [*names, new], work, f"{name}-add")
-                    kubeconfig = state / "clusters" / "default" / "admin.conf"
+                    kubeconfig = state / "clusters" / inventory_module.load(full).name / "admin.conf"
                     kubeconfig.parent.mkdir(parents=True, exist_ok=True)
                     kubeconfig.write_text("# placeholder: the node phases never read it (benchmarks/scale.py)\n")
                     argv = [sys.executable, "-m", "pyctl", "node", "add", "-i", str(full), "--host", new]
