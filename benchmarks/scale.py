@@ -233,6 +233,7 @@ def measured_run(controller: Controller, argv: list[str], env: dict[str, str], l
         "host_cpu_s": host_cpu,
         "floor_s": (controller_cpu + host_cpu) / CORES,
         "other_load_cpu_s": max(0.0, busy - controller_cpu - host_cpu),
+        "machine_floor_s": busy / CORES,  # with what else ran: below it the run could not have finished
         "remote_runs_per_host": sum(runs.values()) / max(1, len(names)),
         "changed_hosts": sorted(changed_hosts(events)),
     }
@@ -245,6 +246,7 @@ def line(label: str, run: dict, hosts: int) -> str:
         f" ({run['controller_cpu_s'] / hosts:.2f}/host)  hosts {run['host_cpu_s']:6.1f} CPU-s  remote runs/host"
         f" {run['remote_runs_per_host']:5.1f}  ok/skipped per host {run['results_per_host']['ok']:.0f}"
         f"/{run['results_per_host']['skipped']:.0f}  other load {run['other_load_cpu_s']:5.1f} CPU-s"
+        f" (machine floor {run['machine_floor_s']:.1f} s)"
     )
 
 
