@@ -41,21 +41,6 @@ def lab_up(name: str, kind: str, nodes: int) -> dict:
     start = time.perf_counter()
     summary = json.loads(pyctl("lab", "up", "--kind", kind, "--nodes", str(nodes), "--name", name, "--json").stdout)
     print(f"  lab {name}: {nodes} {kind} host(s) up in {time.perf_counter() - start:.0f} s", flush=True)
-    if kind == "container":
-        # Lab limitation (see tests/roles/conftest.py): /proc/sys is read-only inside systemd-nspawn, so IPv4
-        # forwarding is set from outside, in each host's network namespace, as the machine running it would.
-        for host in summary["hosts"]:
-            subprocess.run(
-                [
-                    "nsenter",
-                    f"--net=/run/netns/pyctl-{name}.{host['name']}",
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    "net.ipv4.ip_forward=1",
-                ],
-                check=True,
-            )
     return summary
 
 

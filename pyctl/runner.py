@@ -2,7 +2,7 @@
 
 Each run gets a private data directory `<state>/runs/<utc>-<verb>/` (the last N are kept). Arguments
 are built here and only here: absolute paths, pipelining and SSH ControlPersist, forks = host count
-(max 50), host key checking on, an allowlisted environment. Every event is scrubbed of secrets in
+(max 200), host key checking on, an allowlisted environment. Every event is scrubbed of secrets in
 place before ansible-runner writes it, then handed to the caller's callback; ansible-runner's raw
 stdout file is suppressed and pyctl writes its own scrubbed log (`pyctl.log`) instead.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from pyctl.config import Settings
 from pyctl.redact import contains_secret, scrub_text, scrub_to_json
 
-MAX_FORKS = 50
+MAX_FORKS = 200  # one per host: a fork per host waits on its SSH, it costs little CPU
 _PLUGINS_DIR = Path(__file__).resolve().parent / "ansible_plugins"
 _RUN_DIR_NAME = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z-[a-z0-9_-]+$")
 _RETIRED = ".retired-"

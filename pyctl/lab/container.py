@@ -9,6 +9,12 @@ fixed address already set) and nspawn joins it (--network-namespace-path), so th
 DHCP and never runs networkd. There is no systemd on this machine to register with, hence
 --register=no --keep-unit (see LAB.md). Real inside: systemd, apt, sysctl per netns, containerd;
 not: modprobe, swap, an NFS server (they need their own kernel: use vm).
+
+What a container cannot do for itself the lab does from outside, as the machine running a container would:
+/proc/sys is read-only inside, so the network sysctls Kubernetes needs (`HOST_SYSCTLS`) are set in each
+host's network namespace before it boots. Each host gets cgroups of its own (see cgroups.py), and this
+machine's inotify limits are raised to what N systemd instances need (each takes several inotify objects;
+the kernel's default of 128 per user stops the 20th container or so with "Too many open files").
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyctl.config import Settings
-from pyctl.lab import aptcache, image, network
+from pyctl.lab import aptcache, cgroups, image, network
 from pyctl.lab.model import Lab, LabHost
 from pyctl.lab.netns import TOOLS as NETNS_TOOLS
-from pyctl.lab.processes import pidfile_alive, spawn
+from pyctl.lab.processes import pidfile_alive, run, spawn
 from pyctl.lab.ssh import HOST_KEY
 
 TOOLS = {
@@ -35,7 +41,14 @@ TOOLS = {
 }
 SYSTEMD = True
 BOOT_TIMEOUT = 240.0
+PARALLEL_START = True  # hosts are independent: start them all at once
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
+# Set per host network namespace before boot (read-only inside): node_prep's sysctls that are per namespace.
+HOST_SYSCTLS = {"net.ipv4.ip_forward": "1"}
+# This machine's inotify limits, raised (never lowered) to fit this many objects per container host.
+INOTIFY_INSTANCES_PER_HOST = 16
+INOTIFY_WATCHES_PER_HOST = 4096
+INOTIFY_BASE = {"fs.inotify.max_user_instances": 512, "fs.inotify.max_user_watches": 524288}
 
 
 def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> None:
@@ -53,7 +66,35 @@ def start_lab(lab: Lab, settings: Settings) -> None:
         lab.network.prefixlen,
         lab.dir,
     )
+    set_host_sysctls([h.namespace for h in lab.hosts if h.namespace])
+    raise_inotify_limits(lab.nodes)
     lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
+
+
+def set_host_sysctls(namespaces: list[str], sysctls: dict[str, str] | None = None) -> None:
+    """`HOST_SYSCTLS` in each host's network namespace, in one process for all hosts."""
+    sysctls = HOST_SYSCTLS if sysctls is None else sysctls
+    if not namespaces or not sysctls:
+        return
+    settings = [f"{name}={value}" for name, value in sysctls.items()]
+    script = 'for ns in "$@"; do nsenter --net="/run/netns/$ns" sysctl -q -w ' + " ".join(settings) + " || exit 1; done"
+    run(["sh", "-c", script, "pyctl-lab-sysctl", *namespaces], what="setting the container hosts' sysctls")
+
+
+def raise_inotify_limits(hosts: int, proc_sys: Path = Path("/proc/sys")) -> dict[str, int]:
+    """Raise this machine's inotify limits where they are below what `hosts` more systemd instances need."""
+    wanted = {
+        "fs.inotify.max_user_instances": INOTIFY_BASE["fs.inotify.max_user_instances"]
+        + INOTIFY_INSTANCES_PER_HOST * hosts,
+        "fs.inotify.max_user_watches": INOTIFY_BASE["fs.inotify.max_user_watches"] + INOTIFY_WATCHES_PER_HOST * hosts,
+    }
+    raised = {}
+    for name, value in wanted.items():
+        path = proc_sys / name.replace(".", "/")
+        if int(path.read_text(encoding="utf-8")) < value:
+            path.write_text(f"{value}\n", encoding="utf-8")
+            raised[name] = value
+    return raised
 
 
 def write_seed(lab: Lab, host: LabHost) -> Path:
@@ -81,7 +122,13 @@ def start(lab: Lab, host: LabHost) -> None:
     upper = directory / "upper"
     upper.mkdir(parents=True, exist_ok=True)
     seed = write_seed(lab, host)
+    procs = cgroups.make(lab, host)
+    # The shell moves itself into the host's cgroups, then becomes nspawn (same pid: the pidfile holds).
+    enter = " && ".join(f'echo $$ > "${i + 1}"' for i in range(len(procs)))
+    wrapper = ["sh", "-c", f'{enter + " && " if enter else ""}shift {len(procs)} && exec "$@"', "pyctl-lab-host"]
     argv = [
+        *wrapper,
+        *map(str, procs),
         "systemd-nspawn",
         "--quiet",
         "--boot",

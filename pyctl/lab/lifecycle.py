@@ -20,8 +20,8 @@ from typing import Any
 
 from pyctl.config import Settings, load_settings
 from pyctl.errors import Interrupted
+from pyctl.lab import cgroups, network, processes, ssh
 from pyctl.lab import inventory as lab_inventory
-from pyctl.lab import network, processes, ssh
 from pyctl.lab.errors import LabNameClash, LabNotFound, NotRoot
 from pyctl.lab.locks import locked
 from pyctl.lab.model import (
@@ -40,6 +40,7 @@ from pyctl.lab.model import (
 from pyctl.lab.mounts import remove_tree, unmount_under
 
 Progress = Callable[[str], None]
+MAX_WAITERS = 64  # threads that wait on hosts' SSH at once (boot, health)
 
 
 def _quiet(_: str) -> None:
@@ -174,8 +175,12 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
     ssh.write_ssh_config(lab)
     module.start_lab(lab, settings)
     progress(f"starting {lab.nodes} {lab.kind} host(s)")
-    for host in lab.hosts:
-        module.start(lab, host)
+    if getattr(module, "PARALLEL_START", False):
+        with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes)) as pool:
+            list(pool.map(lambda host: module.start(lab, host), lab.hosts))
+    else:
+        for host in lab.hosts:
+            module.start(lab, host)
     progress(f"waiting for {lab.host_names()} to answer SSH")
     _wait_all(lab, module)
     lab.phase = "ready"
@@ -198,7 +203,8 @@ def _wait_all(lab: Lab, module: ModuleType) -> None:
             alive=lambda: not failed.is_set() and module.pid(lab, host) is not None,
         )
 
-    pool = ThreadPoolExecutor(max_workers=min(8, lab.nodes))
+    # One waiter per host: each mostly waits on its ssh, and a host's boot does not wait on another's.
+    pool = ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes))
     try:
         futures = [pool.submit(wait, host) for host in lab.hosts]
         for future in as_completed(futures):
@@ -266,7 +272,7 @@ def host_statuses(lab: Lab, module: ModuleType) -> list[HostStatus]:
         ok = pid is not None and ssh.reachable(lab, host)
         return HostStatus(host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok)
 
-    with ThreadPoolExecutor(max_workers=min(8, lab.nodes)) as pool:
+    with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes)) as pool:
         return list(pool.map(one, lab.hosts))
 
 
@@ -355,7 +361,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
     # which exit on their own once their container is gone. Look again until nothing is left: a dying
     # parent may have forked once more.
     for _ in range(5):
-        inside = processes.kill_now([*pids, *processes.pids_in_namespaces(inodes)])
+        inside = processes.kill_now([*pids, *processes.pids_in_namespaces(inodes), *cgroups.pids(name)])
         outside = processes.terminate(processes.pids_mentioning(str(directory)), grace=5)
         result.processes += len(inside) + len(outside)
         pids = []
@@ -370,6 +376,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
     from pyctl.lab import container
 
     container.cleanup(name)
+    cgroups.remove(name)
     if lab is None or lab.kind in ("vm", "container"):
         from pyctl.lab import aptcache
 

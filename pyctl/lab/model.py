@@ -26,7 +26,8 @@ KINDS = ("vm", "container", "netns")
 DEFAULT_KIND = "vm"
 DEFAULT_NAME = "default"
 DEFAULT_NODES = 3
-MAX_NODES = 50
+# Per kind: a VM needs 1 GiB; a container or netns host a few MiB (addresses: the /24 holds .11 to .254).
+MAX_NODES = {"vm": 50, "container": 100, "netns": 200}
 
 NAMESPACE_PREFIX = "pyctl-"
 BRIDGE = "br0"
@@ -69,8 +70,8 @@ class LabSpec:
         check_name(self.name)
         if self.kind not in KINDS:
             raise UsageError(f"lab kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if not 1 <= self.nodes <= MAX_NODES:
-            raise UsageError(f"--nodes {self.nodes}: a lab has 1 to {MAX_NODES} hosts")
+        if not 1 <= self.nodes <= MAX_NODES[self.kind]:
+            raise UsageError(f"--nodes {self.nodes}: a {self.kind} lab has 1 to {MAX_NODES[self.kind]} hosts")
         if not 0 <= self.gpu_nodes <= self.nodes:
             raise UsageError(f"--gpu-nodes {self.gpu_nodes}: give 0 to {self.nodes} (the lab has {self.nodes} hosts)")
         if self.vm_memory_mib < 256 or self.vm_cpus < 1:

@@ -37,6 +37,7 @@ TOOLS = {
 
 SYSTEMD = False  # readiness is SSH answering; there is no init of its own
 BOOT_TIMEOUT = 60.0
+PARALLEL_START = True  # hosts are independent: start them all at once
 SHM_SIZE = "50%"  # of RAM, like the kernel's default /dev/shm: DistDGL copies partitions there
 
 # Runs inside `ip netns exec HOSTNS unshare --mount --ipc --uts`: a private /dev/shm, this host's

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyctl import inventory
-from pyctl.lab import LabSpec, container, down, network, processes, status, up
+from pyctl.lab import LabSpec, cgroups, container, down, network, processes, status, up
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +25,7 @@ def test_container_lab_boots_systemd_and_installs_packages(lab):
         out = my_lab.ssh(
             host.name,
             "hostname; systemd-detect-virt; systemctl is-system-running || true;"
-            " ip -4 -o addr show dev eth0; getent hosts node1 node2 | wc -l",
+            " ip -4 -o addr show dev eth0; getent hosts node1 node2 | wc -l; sysctl -n net.ipv4.ip_forward",
             timeout=60,
         ).stdout.split("\n")
         assert out[0] == host.name
@@ -33,6 +33,14 @@ def test_container_lab_boots_systemd_and_installs_packages(lab):
         assert out[2] in ("running", "degraded"), out
         assert f"inet {host.address}/24" in out[3]
         assert out[4] == "2"
+        assert out[5] == "1"  # set by the lab from outside: /proc/sys is read-only inside
+        # Each host's systemd has a cgroup tree of its own (shared, units of different hosts race: 219/CGROUP).
+        own = f"/{cgroups.TOP}/{my_lab.name}/{host.name}/"
+        nspawn_cgroups = Path(f"/proc/{container.pid(my_lab, host)}/cgroup").read_text()
+        assert all(
+            own in line for line in nspawn_cgroups.splitlines() if "name=systemd" in line or line.startswith("0::")
+        )
+        assert cgroups.cpu_seconds(my_lab, host) > 0
 
     # apt works inside through the lab's proxy (the lab itself has no way out).
     install = my_lab.ssh(
@@ -76,3 +84,4 @@ def test_container_lab_down_leaves_nothing(lab):
         not list(container.PROPAGATE_DIR.glob(f"pyctl-{my_lab.name}-*")) if container.PROPAGATE_DIR.exists() else True
     )
     assert not my_lab.dir.exists()
+    assert not any(path.exists() for path in cgroups.lab_paths(my_lab.name))

@@ -35,7 +35,10 @@ def test_invalid_names(name):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (LabSpec(nodes=0), "1 to 50"),
+        (LabSpec(nodes=0), "a vm lab has 1 to 50"),
+        (LabSpec(nodes=51, kind="vm"), "a vm lab has 1 to 50"),
+        (LabSpec(nodes=101, kind="container"), "a container lab has 1 to 100"),
+        (LabSpec(nodes=201, kind="netns"), "a netns lab has 1 to 200"),
         (LabSpec(nodes=2, gpu_nodes=3), "give 0 to 2"),
         (LabSpec(kind="docker"), "not one of vm, container, netns"),
     ],
@@ -43,6 +46,14 @@ def test_invalid_names(name):
 def test_invalid_specs(spec, message):
     with pytest.raises(UsageError, match=message):
         spec.validate()
+
+
+def test_container_and_netns_labs_take_the_hosts_a_scale_test_needs(tmp_path):
+    LabSpec(nodes=100, kind="container").validate()
+    spec = LabSpec(name="big", nodes=200, kind="netns").validate()
+    addresses = [h.address for h in _lab(tmp_path, spec).hosts]
+    assert len(set(addresses)) == 200
+    assert addresses[-1] == "10.213.7.210"
 
 
 def _lab(tmp_path: Path, spec: LabSpec) -> Lab:

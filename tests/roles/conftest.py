@@ -40,10 +40,7 @@ class SessionLabs:
         if key not in self.made:
             name = unique_lab_name("r" + kind[0])
             self.made[key] = name  # remembered before up, so that a half-made lab is taken down too
-            lab = up(LabSpec(name=name, nodes=nodes, kind=kind)).lab
-            if kind == "container":
-                container_forwarding_workaround(lab)
-            self.made[key] = lab
+            self.made[key] = up(LabSpec(name=name, nodes=nodes, kind=kind)).lab
         lab = self.made[key]
         if isinstance(lab, str):
             pytest.fail(f"the shared {kind} lab {lab} could not be made")
@@ -75,18 +72,6 @@ def vm_lab(role_labs):
 def container_lab(role_labs):
     """Two systemd-nspawn containers (node1: control_plane + nfs_server, node2: workers)."""
     return role_labs.get("container")
-
-
-def container_forwarding_workaround(lab) -> None:
-    """Lab limitation: systemd-nspawn mounts /proc/sys read-only in the container, so node_prep cannot set
-    net.ipv4.ip_forward there (it fails, rightly, when the value is wrong). The machine running a container
-    sets it for the container's network namespace, as is done here."""
-    for host in lab.hosts:
-        subprocess.run(
-            ["nsenter", f"--net=/run/netns/{host.namespace}", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
-            check=True,
-            timeout=30,
-        )
 
 
 def inventory_variant(lab, directory: Path, change) -> Path:

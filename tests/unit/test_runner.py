@@ -8,8 +8,8 @@ from pyctl import runner
 from pyctl.config import load_settings
 
 
-def test_forks_follow_the_host_count_up_to_50():
-    assert [runner.forks_for(n) for n in (0, 1, 7, 50, 51, 400)] == [1, 1, 7, 50, 50, 50]
+def test_forks_follow_the_host_count_past_50_up_to_200():
+    assert [runner.forks_for(n) for n in (0, 1, 7, 50, 51, 100, 400)] == [1, 1, 7, 50, 51, 100, 200]
 
 
 def test_run_dirs_are_private_named_by_time_and_verb_and_pruned(state_dir, monkeypatch):
