@@ -26,7 +26,6 @@ import yaml
 
 from tests.conftest import lab_leftovers, require_root, unique_lab_name
 from tests.doubles import install
-from tests.roles.conftest import container_forwarding_workaround
 
 pytestmark = pytest.mark.lab
 
@@ -69,7 +68,6 @@ def k8s(tmp_path_factory) -> Ctx:
     try:
         lab = up(LabSpec(name=name, nodes=3, kind="container", gpu_nodes=2)).lab
         install.install(lab, gpus={"node2": 1, "node3": 2})
-        container_forwarding_workaround(lab)  # what node_prep cannot set in a container (tests/roles/conftest.py)
         data = yaml.safe_load(Path(lab.inventory_path).read_text())
         data["all"]["vars"].update(
             {
@@ -247,7 +245,9 @@ def test_node_prep_and_containerd_regressions_fail_the_join_with_kubeadms_own_me
             "node", "add", "-i", str(k8s.inventory), "--host", "node3", "--phases", "kubernetes,join_nodes"
         )
     finally:
-        container_forwarding_workaround(k8s.lab)
+        from pyctl.lab.container import set_host_sysctls
+
+        set_host_sysctls([node3.namespace])  # what the lab sets for its container hosts at `lab up`
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
     assert "kubeadm join failed on node3" in failed.stderr
     assert (
