@@ -1,0 +1,99 @@
+"""`pyctl doctor --workload --backend ssh` for real on netns lab hosts: gloo all-reduce between every
+pair of hosts, then the DDP payload, a verdict per node.
+
+The slow host is throttled on its own `eth0` inside its namespace with `tc`: netem (delay and rate)
+where the kernel has it, else a token bucket (tbf) at the same rate; this machine's kernel has tbf
+but no netem. The all-reduce is 1 MiB, so the throttled pairs take seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.train.conftest import DDP_PYTHON, TrainLab, need_ddp_python, pyctl
+
+pytestmark = pytest.mark.lab
+RATE = "50mbit"
+
+
+def _doctor(lab: TrainLab, inventory: str, *args: str):
+    return pyctl(
+        lab.state_dir,
+        "doctor", "--workload", "-i", inventory, "--backend", "ssh", "--ssh-user", "root",
+        "--python", str(DDP_PYTHON), "--allreduce-mib", "1", "--json", *args,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_two_hosts_get_a_verdict_each_and_an_unreachable_one_fails_with_its_reason(train_lab, tmp_path):
+    """The 2-host lab plus a third inventory host whose sshd port answers nothing."""
+    inventory = yaml.safe_load(train_lab.lab.inventory_path.read_text())
+    first = train_lab.lab.hosts[0]
+    inventory["all"]["hosts"]["ghost"] = {"ansible_host": first.address, "ansible_port": 2299}
+    inventory["all"]["children"]["workers"]["hosts"]["ghost"] = None
+    path = tmp_path / "with-ghost.yml"
+    path.write_text(yaml.safe_dump(inventory))
+
+    run = _doctor(train_lab, str(path))
+    assert run.returncode == 1, str(run)
+    report = json.loads(run.stdout)
+    nodes = report["nodes"]
+    assert list(nodes) == ["node1", "node2", "ghost"]
+    for name in ("node1", "node2"):
+        assert nodes[name]["verdict"] == "ok", str(run)
+        assert nodes[name]["allreduce_gbps"] > 0
+    assert nodes["ghost"]["verdict"] == "failed"
+    assert nodes["ghost"]["allreduce_gbps"] is None
+    assert "unreachable" in nodes["ghost"]["reason"], nodes["ghost"]
+    assert report["ddp"]["passed"] is True and report["ddp"]["loss"] < 0.6, report["ddp"]
+    assert [(link["a"], link["b"]) for link in report["links"]] == [("node1", "node2")]
+
+
+@pytest.fixture(scope="module")
+def three_hosts(tmp_path_factory) -> Iterator[TrainLab]:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces)")
+    need_ddp_python()
+    from pyctl.config import load_settings
+    from pyctl.lab import LabSpec, down, up
+    from tests.conftest import unique_lab_name
+
+    state = tmp_path_factory.mktemp("workload-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYCTL_STATE_DIR", str(state))
+        patch.delenv("PYCTL_CONFIG", raising=False)
+        name = unique_lab_name("wl")
+        try:
+            lab = up(LabSpec(name=name, nodes=3, kind="netns"), settings=load_settings()).lab
+            yield TrainLab(lab, state)
+        finally:
+            down(name, settings=load_settings())
+
+
+def _throttle(namespace: str) -> str:
+    """Slow the host's own link down; returns the qdisc used."""
+    base = ["ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", "eth0", "root"]
+    netem = subprocess.run([*base, "netem", "delay", "20ms", "rate", RATE], capture_output=True, text=True)
+    if netem.returncode == 0:
+        return "netem"
+    subprocess.run([*base, "tbf", "rate", RATE, "burst", "32kbit", "latency", "400ms"], check=True)
+    return "tbf"
+
+
+def test_a_host_slowed_on_purpose_is_named_the_slow_one(three_hosts):
+    slowed = three_hosts.lab.hosts[2]
+    qdisc = _throttle(slowed.namespace)
+    run = _doctor(three_hosts, str(three_hosts.lab.inventory_path))
+    assert run.returncode == 1, str(run)
+    nodes = json.loads(run.stdout)["nodes"]
+    verdicts = {name: node["verdict"] for name, node in nodes.items()}
+    assert verdicts == {"node1": "ok", "node2": "ok", slowed.name: "slow"}, f"{qdisc}: {run}"
+    assert "the median of the other nodes' best links" in nodes[slowed.name]["reason"]
+    assert nodes[slowed.name]["allreduce_gbps"] < 0.5 * nodes["node1"]["allreduce_gbps"]
