@@ -30,11 +30,11 @@ def _doctor(lab: TrainLab, inventory: str, *args: str):
     )  # fmt: skip
 
 
-def test_two_hosts_get_a_verdict_each_and_an_unreachable_one_fails_with_its_reason(train_lab, tmp_path):
-    """The 2-host lab plus a third inventory host whose sshd port answers nothing."""
+def test_two_hosts_get_a_verdict_each_and_a_broken_one_fails_with_its_reason(train_lab, tmp_path):
+    """The 2-host lab plus a third inventory host (node1's sshd again) whose training interface does not
+    exist: it fails alone, in the preflight, and the two others are measured and train."""
     inventory = yaml.safe_load(train_lab.lab.inventory_path.read_text())
-    first = train_lab.lab.hosts[0]
-    inventory["all"]["hosts"]["ghost"] = {"ansible_host": first.address, "ansible_port": 2299}
+    inventory["all"]["hosts"]["ghost"] = {"ansible_host": train_lab.lab.hosts[0].address, "train_iface": "nope0"}
     inventory["all"]["children"]["workers"]["hosts"]["ghost"] = None
     path = tmp_path / "with-ghost.yml"
     path.write_text(yaml.safe_dump(inventory))
@@ -43,13 +43,13 @@ def test_two_hosts_get_a_verdict_each_and_an_unreachable_one_fails_with_its_reas
     assert run.returncode == 1, str(run)
     report = json.loads(run.stdout)
     nodes = report["nodes"]
-    assert list(nodes) == ["node1", "node2", "ghost"]
+    assert sorted(nodes) == ["ghost", "node1", "node2"]
     for name in ("node1", "node2"):
         assert nodes[name]["verdict"] == "ok", str(run)
         assert nodes[name]["allreduce_gbps"] > 0
     assert nodes["ghost"]["verdict"] == "failed"
     assert nodes["ghost"]["allreduce_gbps"] is None
-    assert "unreachable" in nodes["ghost"]["reason"], nodes["ghost"]
+    assert nodes["ghost"]["reason"] == "network interface 'nope0' does not exist", nodes["ghost"]
     assert report["ddp"]["passed"] is True and report["ddp"]["loss"] < 0.6, report["ddp"]
     assert [(link["a"], link["b"]) for link in report["links"]] == [("node1", "node2")]
 
