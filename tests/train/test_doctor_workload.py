@@ -97,3 +97,37 @@ def test_a_host_slowed_on_purpose_is_named_the_slow_one(three_hosts):
     assert verdicts == {"node1": "ok", "node2": "ok", slowed.name: "slow"}, f"{qdisc}: {run}"
     assert "the median of the other nodes' best links" in nodes[slowed.name]["reason"]
     assert nodes[slowed.name]["allreduce_gbps"] < 0.5 * nodes["node1"]["allreduce_gbps"]
+
+
+def test_the_rendered_k8s_probe_job_measures_every_pair_under_the_kubelet_stand_in(train_lab, tmp_path):
+    """`--backend k8s`'s probe Job, run: its pods' command and env (the node name from spec.nodeName, which
+    the stand-in answers with the host's network namespace) on the lab hosts, the probe from its ConfigMap."""
+    from pyctl.config import load_settings
+    from pyctl.inventory import load
+    from pyctl.workload import k8s
+    from pyctl.workload.check import WorkloadRequest
+    from tests.doubles.kubelet_standin import KubeletStandin
+    from tests.train.conftest import REPO
+
+    request = WorkloadRequest(inventory=train_lab.lab.inventory_path, size_mib=1)
+    documents = k8s.render(request, load_settings(), load(train_lab.inventory), "allreduce-standin", "ddp-standin")
+    rendered = {name: yaml.safe_load(text) for name, text in documents["allreduce-standin"].items()}
+    configmap = rendered["configmap"]
+    standin = KubeletStandin(
+        rendered["job"],
+        [(h.namespace, h.address) for h in train_lab.lab.hosts],
+        image_paths={"/opt/pyctl/ddp": REPO / "payloads" / "ddp"},
+        image_path_env=f"{DDP_PYTHON.parent}:/usr/local/bin:/usr/bin:/bin",
+        claims={"pyctl-shared": tmp_path / "share"},
+        configmaps={configmap["metadata"]["name"]: configmap["data"]},
+        workdir=tmp_path / "pods",
+    )
+    (tmp_path / "share").mkdir()
+    codes = standin.run(timeout=240)
+    pod0 = standin.pods[0]
+    assert standin.outcome == "succeeded" and codes[0] == 0, f"{codes}\n{pod0.log()[-3000:]}"
+    lines = [ln for ln in pod0.log().splitlines() if ln.startswith("PYCTL_SUMMARY ")]
+    summary = json.loads(lines[-1].split(" ", 1)[1])
+    namespaces = [h.namespace for h in train_lab.lab.hosts]
+    assert sorted(summary["nodes"]) == sorted(namespaces), summary
+    assert len(summary["pairs"]) == 1 and summary["pairs"][0]["gbps"] > 0, summary

@@ -181,3 +181,98 @@ def test_k8s_render_is_one_pod_per_node_and_valid_against_the_api_schema(capsys,
     configmap = next(p for p in files if p.name.endswith("-configmap.yaml"))
     script = yaml.safe_load(configmap.read_text())["data"]["probe.py"]
     assert script == (REPO / "payloads" / "allreduce" / "probe.py").read_text()
+
+
+# --- the SSH steps, with the jobs replaced ----------------------------------------------------------------
+
+
+class _FakeJobs:
+    """Stands in for `ssh._run_job`: scripted outcomes for the probe attempts and the DDP run, in order."""
+
+    def __init__(self, tmp_path: Path, outcomes: list[dict]) -> None:
+        self.tmp_path, self.outcomes, self.calls = tmp_path, outcomes, []
+
+    def __call__(self, ctx, request, workload, timeout_s):
+        from pyctl.train.jobs import JobRecord
+
+        self.calls.append((workload, list(request.hosts)))
+        outcome = self.outcomes[len(self.calls) - 1]
+        job_dir = self.tmp_path / f"job{len(self.calls)}"
+        job_dir.mkdir()
+        (job_dir / "output.log").write_text("".join(line + "\n" for line in outcome.get("output", [])))
+        record = JobRecord(
+            id=f"{workload}-{len(self.calls)}",
+            workload=workload,
+            backend="ssh",
+            created=0.0,
+            state=outcome["state"],
+            message=outcome.get("message", ""),
+            summary=outcome.get("summary"),
+        )
+        return record, outcome.get("timed_out", False), job_dir
+
+
+def _ssh_check(monkeypatch, tmp_path, inventory, outcomes: list[dict], preflight: dict | None = None):
+    from pyctl.workload import check, ssh
+
+    fake = _FakeJobs(tmp_path, outcomes)
+    monkeypatch.setattr(ssh, "_run_job", fake)
+    monkeypatch.setattr(ssh, "_preflight", lambda ctx, hosts: dict(preflight or {}))
+    request = check.WorkloadRequest(inventory=inventory, backend="ssh", ssh_user="root")
+    return check.run(request, lambda message: None), fake.calls
+
+
+def _probe_summary(*pairs: tuple[str, str, float]) -> dict:
+    return {"event": "allreduce", "pairs": [_pair(a, b, gbps) for a, b, gbps in pairs]}
+
+
+def test_a_node_whose_probe_process_fails_is_named_and_the_others_are_measured_again(monkeypatch, tmp_path, inventory):
+    outcomes = [
+        {
+            "state": "failed",
+            "message": "host w1 failed with exit code 3 (all-reduce probe: RuntimeError: boom); the other hosts were stopped",
+            "output": ["[w1] PYCTL_ERROR all-reduce probe: RuntimeError: boom", "[cp1] probe[0] cp1: joined as cp1"],
+        },
+        {"state": "succeeded", "summary": _probe_summary(("cp1", "w2", 3.0))},
+        {"state": "succeeded", "summary": {"loss": 0.2}},
+    ]
+    report, calls = _ssh_check(monkeypatch, tmp_path, inventory, outcomes)
+    assert calls == [("allreduce", ["cp1", "w1", "w2"]), ("allreduce", ["cp1", "w2"]), ("ddp", ["cp1", "w2"])]
+    nodes = report["nodes"]
+    assert nodes["w1"] == {
+        "verdict": "failed",
+        "reason": "the all-reduce probe failed: all-reduce probe: RuntimeError: boom",
+        "allreduce_gbps": None,
+    }
+    assert nodes["cp1"]["verdict"] == nodes["w2"]["verdict"] == "ok"
+    assert report["ddp"] == {"loss": 0.2, "passed": True, "reason": None}
+
+
+def test_a_node_that_never_joins_before_the_deadline_is_named(monkeypatch, tmp_path, inventory):
+    joined = [
+        "[cp1] probe[0] cp1: joined as cp1 (gloo, 3 nodes, 16 MiB per all-reduce)",
+        "[w2] probe[1] w2: joined as w2",
+    ]
+    outcomes = [
+        {"state": "failed", "timed_out": True, "message": "x", "output": joined},
+        {"state": "succeeded", "summary": _probe_summary(("cp1", "w2", 3.0))},
+        {"state": "succeeded", "summary": {"loss": 0.9}},
+    ]
+    report, calls = _ssh_check(monkeypatch, tmp_path, inventory, outcomes)
+    assert calls[1] == ("allreduce", ["cp1", "w2"])
+    assert report["nodes"]["w1"]["reason"] == "did not join the all-reduce probe within 300 s"
+    assert report["ddp"]["passed"] is False and "loss 0.9 after 3 epochs is above 0.6" in report["ddp"]["reason"]
+
+
+def test_a_node_failing_the_preflight_takes_no_further_part(monkeypatch, tmp_path, inventory):
+    outcomes = [
+        {"state": "succeeded", "summary": _probe_summary(("cp1", "w2", 3.0))},
+        {"state": "failed", "message": "host w2 failed with exit code 1; the other hosts were stopped"},
+    ]
+    report, calls = _ssh_check(monkeypatch, tmp_path, inventory, outcomes, {"w1": "unreachable: timed out"})
+    assert calls == [("allreduce", ["cp1", "w2"]), ("ddp", ["cp1", "w2"])]
+    assert report["nodes"]["w1"] == {"verdict": "failed", "reason": "unreachable: timed out", "allreduce_gbps": None}
+    assert report["ddp"]["passed"] is False
+    assert (
+        report["ddp"]["reason"] == "the DDP run failed: host w2 failed with exit code 1; the other hosts were stopped"
+    )
