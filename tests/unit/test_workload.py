@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 from pathlib import Path
 
 import kubernetes_validate
@@ -276,3 +277,22 @@ def test_a_node_failing_the_preflight_takes_no_further_part(monkeypatch, tmp_pat
     assert (
         report["ddp"]["reason"] == "the DDP run failed: host w2 failed with exit code 1; the other hosts were stopped"
     )
+
+
+def test_the_cli_prints_a_verdict_per_node_and_exits_1_when_one_is_not_ok(monkeypatch, tmp_path, inventory, capsys):
+    from pyctl.workload import ssh
+
+    outcomes = [
+        {"state": "succeeded", "summary": _probe_summary(("cp1", "w1", 4.0), ("cp1", "w2", 0.1), ("w1", "w2", 0.1))},
+        {"state": "succeeded", "summary": {"loss": 0.2}},
+    ] * 2
+    monkeypatch.setattr(ssh, "_run_job", _FakeJobs(tmp_path, outcomes))
+    monkeypatch.setattr(ssh, "_preflight", lambda ctx, hosts: {})
+    args = ["doctor", "-i", str(inventory), "--workload", "--backend", "ssh", "--ssh-user", "root"]
+    assert cli.main([*args, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert {name: node["verdict"] for name, node in report["nodes"].items()} == {"cp1": "ok", "w1": "ok", "w2": "slow"}
+    assert cli.main(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("w2") and " slow " in out[2] and "0.1 Gbit/s" in out[2], out
+    assert out[-2:] == ["ddp: loss 0.2, passed", "healthy: no"]
