@@ -296,3 +296,25 @@ def test_the_cli_prints_a_verdict_per_node_and_exits_1_when_one_is_not_ok(monkey
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("w2") and " slow " in out[2] and "0.1 Gbit/s" in out[2], out
     assert out[-2:] == ["ddp: loss 0.2, passed", "healthy: no"]
+
+
+def test_when_one_of_two_nodes_fails_the_probe_the_other_still_trains_alone(monkeypatch, tmp_path, inventory):
+    from pyctl.workload import check, ssh
+
+    outcomes = [
+        {"state": "failed", "message": "host w1 failed with exit code 1; the other hosts were stopped"},
+        {"state": "succeeded", "summary": {"loss": 0.3}},
+    ]
+    fake = _FakeJobs(tmp_path, outcomes)
+    monkeypatch.setattr(ssh, "_run_job", fake)
+    monkeypatch.setattr(ssh, "_preflight", lambda ctx, hosts: {"w2": "unreachable"})
+    request = check.WorkloadRequest(inventory=inventory, backend="ssh", ssh_user="root")
+    report = check.run(request, lambda message: None)
+    assert fake.calls == [("allreduce", ["cp1", "w1"]), ("ddp", ["cp1"])]
+    assert report["nodes"]["w1"]["verdict"] == "failed"
+    assert report["nodes"]["w1"]["reason"].startswith("the all-reduce probe failed: failed with exit code 1")
+    assert report["nodes"]["cp1"] == {
+        "verdict": "ok",
+        "reason": "no other node to measure against",
+        "allreduce_gbps": None,
+    }
