@@ -31,10 +31,11 @@ def _doctor(lab: TrainLab, inventory: str, *args: str):
 
 
 def test_two_hosts_get_a_verdict_each_and_a_broken_one_fails_with_its_reason(train_lab, tmp_path):
-    """The 2-host lab plus a third inventory host (node1's sshd again) whose training interface does not
-    exist: it fails alone, in the preflight, and the two others are measured and train."""
+    """The 2-host lab plus a third inventory host (node1's sshd again, reached by its name: the inventory
+    refuses a second host on the same address) whose training interface does not exist: it fails alone,
+    in the preflight, and the two others are measured and train."""
     inventory = yaml.safe_load(train_lab.lab.inventory_path.read_text())
-    inventory["all"]["hosts"]["ghost"] = {"ansible_host": train_lab.lab.hosts[0].address, "train_iface": "nope0"}
+    inventory["all"]["hosts"]["ghost"] = {"ansible_host": train_lab.lab.hosts[0].name, "train_iface": "nope0"}
     inventory["all"]["children"]["workers"]["hosts"]["ghost"] = None
     path = tmp_path / "with-ghost.yml"
     path.write_text(yaml.safe_dump(inventory))
