@@ -35,6 +35,10 @@ InventoryOpt = Annotated[
 EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")]
 SshUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")]
 SshKeyOpt = Annotated[Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")]
+# `pyctl train ddp` and `pyctl doctor --workload`: the interpreter with torch on the SSH hosts.
+TorchPythonOpt = Annotated[
+    str | None, typer.Option("--python", help="ssh: interpreter with torch on the hosts (train_python).")
+]
 NamespaceOpt = Annotated[str, typer.Option("--namespace", help="k8s namespace.")]
 ClaimOpt = Annotated[str, typer.Option("--claim", help="k8s: the shared NFS PersistentVolumeClaim.")]
 ClaimMountOpt = Annotated[str, typer.Option("--claim-mount", help="k8s: where pods mount it.")]
@@ -111,13 +115,58 @@ def bootstrap(  # noqa: PLR0917 - typer passes options by keyword
 
 
 @app.command()
-def doctor(
+def doctor(  # noqa: PLR0917 - typer passes options by keyword
     inventory: InventoryOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    workload: Annotated[
+        bool,
+        typer.Option(
+            "--workload",
+            help="Instead: all-reduce between every pair of nodes, then a short DDP run; a verdict per node.",
+        ),
+    ] = False,
+    backend: Annotated[str, typer.Option("--backend", help="--workload: k8s or ssh.")] = "k8s",
+    ssh_user: SshUserOpt = None,
+    ssh_key: SshKeyOpt = None,
+    python: TorchPythonOpt = None,
+    allreduce_mib: Annotated[
+        float | None, typer.Option("--allreduce-mib", help="--workload: MiB per all-reduce (default 16).")
+    ] = None,
+    min_gbps: Annotated[
+        float | None, typer.Option("--min-gbps", help="--workload: a node whose best link is below is slow.")
+    ] = None,
+    loss_threshold: Annotated[
+        float | None,
+        typer.Option("--loss-threshold", help="--workload: the DDP run's final loss must be at most this (0.6)."),
+    ] = None,
+    render: RenderOpt = None,
 ) -> None:
-    """Judge the running cluster against the inventory (nodes, GPUs, add-ons, storage); exit 1 on a problem."""
-    from pyctl.commands.doctor import run
+    """Judge the running cluster against the inventory (nodes, GPUs, add-ons, storage); exit 1 on a problem.
 
+    With --workload: all-reduce bandwidth between every pair of nodes, then a short DDP run that must reach a loss
+    threshold; a verdict per node (ok, slow, failed) with a reason; exit 1 when any node is not ok.
+    """
+    from pyctl.commands.doctor import run, run_workload
+    from pyctl.workload.check import WorkloadRequest
+
+    given = {"size_mib": allreduce_mib, "min_gbps": min_gbps, "loss_threshold": loss_threshold, "render": render}
+    request = WorkloadRequest(
+        inventory=inventory,
+        backend=backend,
+        ssh_user=ssh_user,
+        ssh_key=ssh_key,
+        python=python,
+        **{name: value for name, value in given.items() if value is not None},
+    )
+    if workload:
+        raise typer.Exit(run_workload(request, as_json))
+    if request != WorkloadRequest(inventory=inventory):
+        from pyctl.errors import UsageError
+
+        raise UsageError(
+            "--backend, --ssh-user, --ssh-key, --python, --allreduce-mib, --min-gbps, --loss-threshold and --render "
+            "are options of --workload"
+        )
     raise typer.Exit(run(inventory, as_json))
 
 
@@ -256,9 +305,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     ] = None,
     ssh_user: SshUserOpt = None,
     ssh_key: SshKeyOpt = None,
-    python: Annotated[
-        str | None, typer.Option("--python", help="ssh: interpreter with torch on the hosts (train_python).")
-    ] = None,
+    python: TorchPythonOpt = None,
     iface: Annotated[str | None, typer.Option("--iface", help="Interface for gloo/NCCL (train_iface).")] = None,
     check_env: Annotated[
         bool, typer.Option("--check-env", help="ssh: check torch imports on every host first.")

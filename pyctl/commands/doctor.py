@@ -65,3 +65,34 @@ def run(inventory_path: Path, as_json: bool = False) -> int:
     if errors:
         out.print("healthy: no", markup=False)
     return code
+
+
+def run_workload(request: Any, as_json: bool = False) -> int:
+    """`doctor --workload`: the all-reduce probe and the DDP run; exit 1 when any node is not ok."""
+    from pyctl.workload import check, verdict
+
+    def say(message: str) -> None:
+        console.err().print(f"pyctl doctor: {message}", markup=False)
+
+    report = check.run(request, say)
+    if report is None:  # --render: the manifests were written, nothing ran
+        return ExitCode.OK
+    code = ExitCode.OK if verdict.passed(report) else ExitCode.HOST_FAILED
+    if as_json:
+        console.out().print_json(json.dumps(report))
+        return code
+    out = console.out()
+    width = max((len(name) for name in report["nodes"]), default=4)
+    for name, node in report["nodes"].items():
+        figure = f"{node['allreduce_gbps']:.3g} Gbit/s" if node["allreduce_gbps"] is not None else "-"
+        reason = f"  {node['reason']}" if node["reason"] else ""
+        out.print(f"{name:<{width}}  {node['verdict']:<6}  {figure:>14}{reason}", markup=False)
+    for link in report["links"]:
+        figure = f"{link['gbps']:.3g} Gbit/s" if link["gbps"] is not None else f"failed: {link['error']}"
+        mark = "  slow" if link["slow"] else ""
+        out.print(f"link {link['a']} <-> {link['b']}: {figure}{mark}", markup=False)
+    ddp = report["ddp"]
+    loss = f"loss {ddp['loss']:.4g}" if ddp["loss"] is not None else "no loss"
+    out.print(f"ddp: {loss}, {'passed' if ddp['passed'] else 'not passed: ' + str(ddp.get('reason'))}", markup=False)
+    out.print(f"healthy: {'yes' if code == ExitCode.OK else 'no'}", markup=False)
+    return code

@@ -151,24 +151,9 @@ def _run_distdgl_ssh(  # noqa: PLR0917 - one call site, each argument named ther
 
 
 def _ssh_identity(settings: Settings, cluster: inventory.Cluster, request: ddp.DdpRequest) -> tuple[str, list[Path]]:
-    """The login user and the keys to try: the training user with the cluster's key by default."""
-    first = cluster.hosts[0].vars if cluster.hosts else {}
-    user = request.ssh_user or str(first.get("train_ssh_user") or ddp.DEFAULT_SSH_USER)
-    if request.ssh_key is not None:
-        key = request.ssh_key.expanduser()
-        if not key.is_file():
-            raise UsageError(f"--ssh-key {request.ssh_key}: no such file")
-        return user, [key]
-    cluster_key = settings.clusters_dir / cluster.name / "ssh" / "id_ed25519"
-    if cluster_key.is_file():
-        return user, [cluster_key]
-    if request.ssh_user is None and not first.get("train_ssh_user"):
-        raise UsageError(
-            f"no key for the training user {user!r}: {cluster_key} does not exist",
-            hint="run 'pyctl bootstrap -i INVENTORY --phases ssh_trust' first, or log in as another user "
-            "with --ssh-user (and --ssh-key)",
-        )
-    return user, []
+    from pyctl.train import sshjob
+
+    return sshjob.identity(settings, cluster, request.ssh_user, request.ssh_key)
 
 
 def _pythons(job: ddp.DdpJob) -> dict[str, str]:
@@ -202,7 +187,7 @@ def _run_ssh(  # noqa: PLR0917 - one call site, each argument named there
 
     user, keys = _ssh_identity(settings, cluster, job.request)
     targets = [remote.target_for(h, user=user, key_files=keys) for h in job.hosts]
-    ifaces = {h.name: job.request.iface or ddp._iface_of(h) for h in job.hosts}
+    ifaces = {h.name: job.request.iface or ddp.iface_of(h) for h in job.hosts}
     check, env = job.request.check_env, job.env
     if len(set(pythons.values())) == 1:
         versions = sshjob.preflight(targets, next(iter(pythons.values())), ifaces, check, env)

@@ -117,7 +117,7 @@ def _absolute(flag: str, value: str) -> str:
     return str(PurePosixPath(value))
 
 
-def _iface_of(host: Host) -> str | None:
+def iface_of(host: Host) -> str | None:
     value = host.vars.get("train_iface") or host.vars.get("lab_iface")
     return str(value) if value else None
 
@@ -295,8 +295,8 @@ def _placement(r: DdpRequest, cluster: Cluster) -> tuple[int, tuple[Host, ...]]:
             )
         return nodes, ()
     hosts = select_hosts(r, cluster, r.nodes)
-    if r.iface is None and len(hosts) > 1 and not all(_iface_of(h) for h in hosts):
-        missing = [h.name for h in hosts if not _iface_of(h)]
+    if r.iface is None and len(hosts) > 1 and not all(iface_of(h) for h in hosts):
+        missing = [h.name for h in hosts if not iface_of(h)]
         raise UsageError(
             f"no network interface for gloo/NCCL on {', '.join(missing)}",
             hint="set train_iface (the interface carrying the cluster address) for the hosts, or give --iface",
@@ -389,7 +389,7 @@ def ssh_launches(job: DdpJob, job_id: str, pythons: dict[str, str]) -> list[Any]
         env.update({"PYCTL_JOB_ID": job_id, "PYCTL_NODE_RANK": str(rank)})
         if r.checkpoint_dir:
             env["PYCTL_CHECKPOINT_DIR"] = r.checkpoint_dir
-        iface = r.iface or _iface_of(host)
+        iface = r.iface or iface_of(host)
         if iface:
             env["GLOO_SOCKET_IFNAME"] = iface
             if r.gpus_per_node:

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pyctl import remote
+from pyctl.config import Settings
 from pyctl.errors import UsageError
+from pyctl.inventory import Cluster
 from pyctl.train import logs
 from pyctl.train.jobs import JobRecord, JobStore
 from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
@@ -46,6 +48,32 @@ PGID_LINE = "[pyctl-host] started process group "
 
 
 # --- preflight ------------------------------------------------------------------------------------------
+
+
+def identity(
+    settings: Settings, cluster: Cluster, ssh_user: str | None, ssh_key: Path | None
+) -> tuple[str, list[Path]]:
+    """The login user and the keys to try: the training user with the cluster's key by default
+    (`--ssh-user` / `--ssh-key` override them; the host variable train_ssh_user names another user)."""
+    from pyctl.train.ddp import DEFAULT_SSH_USER
+
+    first = cluster.hosts[0].vars if cluster.hosts else {}
+    user = ssh_user or str(first.get("train_ssh_user") or DEFAULT_SSH_USER)
+    if ssh_key is not None:
+        key = ssh_key.expanduser()
+        if not key.is_file():
+            raise UsageError(f"--ssh-key {ssh_key}: no such file")
+        return user, [key]
+    cluster_key = settings.clusters_dir / cluster.name / "ssh" / "id_ed25519"
+    if cluster_key.is_file():
+        return user, [cluster_key]
+    if ssh_user is None and not first.get("train_ssh_user"):
+        raise UsageError(
+            f"no key for the training user {user!r}: {cluster_key} does not exist",
+            hint="run 'pyctl bootstrap -i INVENTORY --phases ssh_trust' first, or log in as another user "
+            "with --ssh-user (and --ssh-key)",
+        )
+    return user, []
 
 
 def preflight(
