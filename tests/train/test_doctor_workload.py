@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from tests.conftest import require_root
 from tests.train.conftest import DDP_PYTHON, TrainLab, need_ddp_python, pyctl
 
 pytestmark = pytest.mark.lab
@@ -57,10 +58,7 @@ def test_two_hosts_get_a_verdict_each_and_a_broken_one_fails_with_its_reason(tra
 
 @pytest.fixture(scope="module")
 def three_hosts(tmp_path_factory) -> Iterator[TrainLab]:
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
+    require_root()
     need_ddp_python()
     from pyctl.config import load_settings
     from pyctl.lab import LabSpec, down, up
