@@ -14,22 +14,9 @@ import yaml
 
 from pyctl import cli
 from pyctl.workload import verdict
+from tests.train.test_cli import INVENTORY
 
 REPO = Path(__file__).resolve().parents[2]
-INVENTORY = """\
-all:
-  vars:
-    ansible_user: ubuntu
-    train_iface: eth1
-  children:
-    control_plane:
-      hosts:
-        cp1: {ansible_host: 127.0.0.1, ansible_port: 1}
-    workers:
-      hosts:
-        w1: {ansible_host: 127.0.0.2, ansible_port: 1}
-        w2: {ansible_host: 127.0.0.3, ansible_port: 1}
-"""
 PASSED = {"loss": 0.2, "passed": True, "reason": None}
 
 
