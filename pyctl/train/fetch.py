@@ -86,10 +86,10 @@ def results_dir(record: JobRecord) -> str:
     if record.options.get("checkpoint_dir"):
         return str(record.options["checkpoint_dir"])
     if record.backend == "k8s":
-        mount = str(record.k8s.get("claim_mount") or "/mnt/pyctl-shared").rstrip("/")
+        mount = str(record.k8s.claim_mount or "/mnt/pyctl-shared").rstrip("/")
         return f"{mount}/pyctl/jobs/{record.id}"
     node0 = record.nodes[0].name
-    directory = (record.ssh.get("job_dirs") or {}).get(node0)
+    directory = record.ssh.job_dirs.get(node0)
     if not directory:
         raise UsageError(
             f"job {record.id} never started on {node0}: there is no folder to fetch from",
@@ -161,13 +161,12 @@ def _write_atomic(path: Path, content: bytes) -> Path:
 def ssh_reader(record: JobRecord, directory: str) -> tuple[Reader, Callable[[], None], str]:
     """A reader over SFTP to node 0's host (connected now: an unreachable host fails here)."""
     from pyctl import remote
-    from pyctl.train.sshjob import target_from_dict
 
-    targets = {t["name"]: t for t in record.ssh.get("targets", [])}
+    targets = {t.name: t for t in record.ssh.targets}
     node0 = record.nodes[0].name
     if node0 not in targets:
         raise UsageError(f"job {record.id}: no SSH login recorded for {node0}")
-    conn = remote.connect(target_from_dict(targets[node0]))
+    conn = remote.connect(targets[node0])
 
     def read() -> dict[str, bytes | None]:
         sftp = conn.sftp()
@@ -190,13 +189,13 @@ def ssh_reader(record: JobRecord, directory: str) -> tuple[Reader, Callable[[], 
 
 def pod_manifest(record: JobRecord, directory: str, name: str) -> dict[str, Any]:
     """The fetch pod: the job's image and claim, python3 printing the files, nothing else."""
-    mount = str(record.k8s.get("claim_mount") or "/mnt/pyctl-shared")
+    mount = str(record.k8s.claim_mount or "/mnt/pyctl-shared")
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
-            "namespace": record.k8s["namespace"],
+            "namespace": record.k8s.namespace,
             "labels": {"app.kubernetes.io/managed-by": "pyctl", "pyctl.io/fetch-of": record.id},
         },
         "spec": {
@@ -205,7 +204,7 @@ def pod_manifest(record: JobRecord, directory: str, name: str) -> dict[str, Any]
             "containers": [
                 {
                     "name": "fetch",
-                    "image": str(record.k8s.get("image") or "pyctl-ddp:cpu"),
+                    "image": str(record.k8s.image or "pyctl-ddp:cpu"),
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["python3", "-c", POD_SCRIPT, directory, *NAMES],
                     "volumeMounts": [{"name": "shared", "mountPath": mount, "readOnly": True}],
@@ -214,7 +213,7 @@ def pod_manifest(record: JobRecord, directory: str, name: str) -> dict[str, Any]
             "volumes": [
                 {
                     "name": "shared",
-                    "persistentVolumeClaim": {"claimName": str(record.k8s.get("claim") or "pyctl-shared")},
+                    "persistentVolumeClaim": {"claimName": str(record.k8s.claim or "pyctl-shared")},
                 }
             ],
         },
@@ -237,15 +236,15 @@ def parse_pod_log(text: str) -> dict[str, bytes | None]:
 def k8s_reader(record: JobRecord, directory: str) -> tuple[Reader, Callable[[], None], str]:
     from pyctl.train import k8s
 
-    client = k8s.Client(Path(record.k8s["kubeconfig"]))
-    namespace = record.k8s["namespace"]
+    client = k8s.Client(Path(record.k8s.kubeconfig))
+    namespace = record.k8s.namespace
 
     def read() -> dict[str, bytes | None]:
         name = f"{record.id[:50]}-fetch-{os.urandom(3).hex()}"
         log = client.run_pod(pod_manifest(record, directory, name), timeout=POD_TIMEOUT_S)
         return parse_pod_log(log)
 
-    claim = record.k8s.get("claim") or "pyctl-shared"
+    claim = record.k8s.claim or "pyctl-shared"
     return read, lambda: None, f"{namespace}/{claim}:{directory}"
 
 

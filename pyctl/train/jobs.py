@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pyctl.config import Settings
 from pyctl.errors import UsageError
+from pyctl.remote import Target
 
 STATES = ("starting", "queued", "running", "succeeded", "failed", "cancelled")  # queued: Kueue holds it
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -52,6 +53,102 @@ class NodeRecord:
     pgid: int | None = None  # SSH: the job's process group on that host
 
 
+def target_to_dict(target: Target) -> dict[str, Any]:
+    """An SSH target as `job.json` holds it (its notes are for the preflight, not for the record)."""
+    data = asdict(target)
+    data.pop("notes", None)
+    data["key_files"], data["known_hosts"] = list(target.key_files), list(target.known_hosts)
+    return data
+
+
+def target_from_dict(data: dict[str, Any]) -> Target:
+    values = dict(data)
+    for key in ("key_files", "known_hosts"):
+        values[key] = tuple(values.get(key) or ())
+    return Target(**values)
+
+
+@dataclass
+class SshInfo:
+    """How an SSH job reaches its hosts: `job.json`'s "ssh" object. Key *paths*, never keys."""
+
+    user: str = ""
+    targets: list[Target] = field(default_factory=list)  # node 0 first
+    wrapper_python: str = ""  # the interpreter that runs hostwrap.py (node 0's)
+    grace_s: float = 15.0  # SIGTERM to SIGKILL on each host
+    job_dirs: dict[str, str] = field(default_factory=dict)  # host -> its job directory, once started
+    not_stopped: list[str] | None = None  # cancel without a supervisor: hosts it could not reach
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            **self.extra,
+            "user": self.user,
+            "targets": [target_to_dict(t) for t in self.targets],
+            "wrapper_python": self.wrapper_python,
+            "grace_s": self.grace_s,
+        }
+        if self.job_dirs:
+            data["job_dirs"] = dict(self.job_dirs)
+        if self.not_stopped is not None:
+            data["not_stopped"] = list(self.not_stopped)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SshInfo:
+        known = {"user", "targets", "wrapper_python", "grace_s", "job_dirs", "not_stopped"}
+        return cls(
+            user=str(data.get("user", "")),
+            targets=[target_from_dict(t) for t in data.get("targets", [])],
+            wrapper_python=str(data.get("wrapper_python", "")),
+            grace_s=float(data.get("grace_s", 15.0)),
+            job_dirs=dict(data.get("job_dirs") or {}),
+            not_stopped=data.get("not_stopped"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+@dataclass
+class K8sInfo:
+    """Where a Kubernetes job lives: `job.json`'s "k8s" object (the kubeconfig's *path*)."""
+
+    kubeconfig: str
+    namespace: str
+    name: str
+    kind: str = "indexed-job"  # indexed-job | pytorchjob | trainjob
+    queue: str | None = None  # Kueue LocalQueue
+    start_timeout_s: float | None = None  # --follow: pods must have started by then (None: the default)
+    image: str | None = None  # image, claim and its mount: what `pyctl train fetch` runs its pod with
+    claim: str | None = None
+    claim_mount: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("queue", "start_timeout_s", "image", "claim", "claim_mount")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            **self.extra,
+            "kubeconfig": self.kubeconfig,
+            "namespace": self.namespace,
+            "kind": self.kind,
+            "name": self.name,
+        }
+        data.update({key: getattr(self, key) for key in self._OPTIONAL if key not in self.extra})
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> K8sInfo:
+        known = {"kubeconfig", "namespace", "name", "kind", *cls._OPTIONAL}
+        return cls(
+            kubeconfig=str(data["kubeconfig"]),
+            namespace=str(data["namespace"]),
+            name=str(data["name"]),
+            kind=str(data.get("kind") or "indexed-job"),
+            **{key: data.get(key) for key in cls._OPTIONAL},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
 @dataclass
 class JobRecord:
     id: str
@@ -63,19 +160,30 @@ class JobRecord:
     message: str = ""
     nodes: list[NodeRecord] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # what the user asked for
-    ssh: dict[str, Any] = field(default_factory=dict)  # user, remote_dir, python, grace_s, inventory
-    k8s: dict[str, Any] = field(default_factory=dict)  # kubeconfig path, namespace, kind, name
+    ssh: SshInfo | None = None  # backend "ssh" (a dict is read as one)
+    k8s: K8sInfo | None = None  # backend "k8s" (a dict is read as one)
     supervisor_pid: int | None = None
     started: float | None = None
     finished: float | None = None
     summary: dict[str, Any] | None = None  # the payload's PYCTL_SUMMARY, when it printed one
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ssh, dict):
+            self.ssh = SshInfo.from_dict(self.ssh) if self.ssh else None
+        if isinstance(self.k8s, dict):
+            self.k8s = K8sInfo.from_dict(self.k8s) if self.k8s else None
 
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The `job.json` format: "ssh" and "k8s" are objects, `{}` for the other backend."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        data["nodes"] = [asdict(n) for n in self.nodes]
+        data["ssh"] = self.ssh.to_dict() if self.ssh else {}
+        data["k8s"] = self.k8s.to_dict() if self.k8s else {}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:

@@ -250,13 +250,13 @@ class Client:
     def cancel(self, record: JobRecord) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        namespace, name = record.k8s["namespace"], record.k8s["name"]
+        namespace, name = record.k8s.namespace, record.k8s.name
         try:
-            if record.k8s.get("kind") == "trainjob":
+            if record.k8s.kind == "trainjob":
                 self.custom.delete_namespaced_custom_object(
                     trainjob.GROUP, trainjob.VERSION, namespace, trainjob.PLURAL, name, propagation_policy="Foreground"
                 )
-            elif record.k8s.get("kind") == "pytorchjob":
+            elif record.k8s.kind == "pytorchjob":
                 group, version, plural = KUBEFLOW
                 self.custom.delete_namespaced_custom_object(
                     group, version, namespace, plural, name, propagation_policy="Foreground"
@@ -271,17 +271,17 @@ class Client:
     # -- status / logs ------------------------------------------------------------------------------
 
     def _pods(self, record: JobRecord) -> list[Any]:
-        namespace, name = record.k8s["namespace"], record.k8s["name"]
+        namespace, name = record.k8s.namespace, record.k8s.name
         selector = {
             "pytorchjob": f"training.kubeflow.org/job-name={name}",
             "trainjob": f"{trainjob.POD_SELECTOR}={name}",
-        }.get(record.k8s.get("kind"), f"job-name={name}")
+        }.get(record.k8s.kind, f"job-name={name}")
         pods = self._call("list the job's pods", self.core.list_namespaced_pod, namespace, label_selector=selector)
         return sorted(pods.items, key=node_index)
 
     def status(self, record: JobRecord) -> Outcome:
-        namespace, name = record.k8s["namespace"], record.k8s["name"]
-        kind = record.k8s.get("kind")
+        namespace, name = record.k8s.namespace, record.k8s.name
+        kind = record.k8s.kind
         if kind == "trainjob":
             body = self._call(
                 "read the TrainJob",
@@ -308,7 +308,7 @@ class Client:
             if outcome.state == "running" and body.spec and body.spec.suspend:
                 outcome = Outcome("queued", None, "the Job is suspended")
             uid = body.metadata.uid
-        if outcome.state == "queued" and record.k8s.get("queue"):
+        if outcome.state == "queued" and record.k8s.queue:
             outcome = self._admission(record, uid)
         if outcome.state == "failed":
             for pod in self._pods(record):
@@ -322,9 +322,9 @@ class Client:
 
     def _admission(self, record: JobRecord, uid: str) -> Outcome:
         """A suspended job with a queue: what its Kueue Workload says (admitted: starting)."""
-        queue = record.k8s["queue"]
+        queue = record.k8s.queue
         try:
-            workload, served = kueue.find_workload(self.custom, record.k8s["namespace"], uid)
+            workload, served = kueue.find_workload(self.custom, record.k8s.namespace, uid)
         except Exception as exc:  # urllib3 and API errors: say so, keep waiting
             return Outcome("queued", None, f"waiting for admission in queue {queue} (Workload unreadable: {exc})")
         admission = kueue.admission(queue, workload, kueue_served=served)
@@ -335,17 +335,15 @@ class Client:
     def logs(self, record: JobRecord, out: Callable[[str], None]) -> None:
         for pod in self._pods(record):
             text = self._call(
-                "read a pod's log", self.core.read_namespaced_pod_log, pod.metadata.name, record.k8s["namespace"]
+                "read a pod's log", self.core.read_namespaced_pod_log, pod.metadata.name, record.k8s.namespace
             )
             for line in str(text).splitlines():
                 out(f"[node {node_index(pod)}] {line}")
 
     def _events(self, record: JobRecord, pods: list[Any]) -> list[Any]:
         """Events of the job and of its pods that have not started (what the scheduler and kubelet said)."""
-        namespace = record.k8s["namespace"]
-        names = [record.k8s["name"]] + [
-            p.metadata.name for p in pods if p.status is None or p.status.phase == "Pending"
-        ]
+        namespace = record.k8s.namespace
+        names = [record.k8s.name] + [p.metadata.name for p in pods if p.status is None or p.status.phase == "Pending"]
         events: list[Any] = []
         for name in names:
             found = self._call(
@@ -391,7 +389,11 @@ class Client:
         watch = podstart.StartWatch(
             expected=len(record.nodes),
             created=record.created,
-            timeout_s=float(record.k8s.get("start_timeout_s", podstart.DEFAULT_START_TIMEOUT_S)),
+            timeout_s=float(
+                record.k8s.start_timeout_s
+                if record.k8s.start_timeout_s is not None
+                else podstart.DEFAULT_START_TIMEOUT_S
+            ),
         )
         merged = logs.MergedLog(log_path, echo=out)
         found: dict[str, threading.Thread] = {}
@@ -413,7 +415,7 @@ class Client:
             for _ in range(600):  # wait for the container to start
                 try:
                     response = self.core.read_namespaced_pod_log(
-                        pod_name, record.k8s["namespace"], follow=True, _preload_content=False
+                        pod_name, record.k8s.namespace, follow=True, _preload_content=False
                     )
                     for chunk in response.stream(65536):
                         source.feed(chunk)

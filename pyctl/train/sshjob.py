@@ -29,7 +29,6 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from pyctl.config import Settings
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster
 from pyctl.train import logs
-from pyctl.train.jobs import JobRecord, JobStore
+from pyctl.train.jobs import JobRecord, JobStore, SshInfo
 from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
 
 HOSTWRAP = Path(__file__).with_name("hostwrap.py")
@@ -180,19 +179,6 @@ def read_launches(job_dir: Path) -> list[NodeLaunch]:
     return launches
 
 
-def target_to_dict(target: remote.Target) -> dict[str, Any]:
-    data = asdict(target)
-    data.pop("notes", None)
-    return data
-
-
-def target_from_dict(data: dict[str, Any]) -> remote.Target:
-    values = dict(data)
-    for key in ("key_files", "known_hosts"):
-        values[key] = tuple(values.get(key) or ())
-    return remote.Target(**values)
-
-
 # --- the supervisor ---------------------------------------------------------------------------------
 
 
@@ -241,7 +227,7 @@ class Supervisor:
     def run(self) -> int:
         ssh = self.record.ssh
         launches = read_launches(self.dir)
-        targets = {t["name"]: target_from_dict(t) for t in ssh["targets"]}
+        targets = {t.name: t for t in ssh.targets}
         nodes = [_Node(launch, targets[launch.host]) for launch in launches]
         merged = logs.MergedLog(self.dir / "output.log")
         try:
@@ -253,7 +239,7 @@ class Supervisor:
         except Exception as exc:
             self.stop(f"supervisor error: {exc}")
             self.say(f"error: {type(exc).__name__}: {exc}")
-            self._stop_all(nodes, float(ssh.get("grace_s", 15)))
+            self._stop_all(nodes, float(self.record.ssh.grace_s))
         finally:
             for node in nodes:
                 if node.reader is not None:
@@ -264,7 +250,7 @@ class Supervisor:
 
     # -- start -------------------------------------------------------------------------------------
 
-    def _start(self, nodes: list[_Node], merged: logs.MergedLog, ssh: dict[str, Any]) -> None:
+    def _start(self, nodes: list[_Node], merged: logs.MergedLog, ssh: SshInfo) -> None:
         def connect(node: _Node) -> None:
             node.conn = remote.connect(node.target)
             remote.keep_alive(node.conn)
@@ -276,7 +262,7 @@ class Supervisor:
             for name, data in node.launch.files.items():
                 remote.put_bytes(node.conn, f"{node.job_dir}/{name}", data, 0o700 if name.endswith(".py") else 0o600)
             launch = node.launch.resolved(node.job_dir)
-            launch.update({"pgid_file": f"{node.job_dir}/pgid", "grace_s": float(ssh.get("grace_s", 15))})
+            launch.update({"pgid_file": f"{node.job_dir}/pgid", "grace_s": float(self.record.ssh.grace_s)})
             remote.put_bytes(node.conn, f"{node.job_dir}/launch.json", json.dumps(launch).encode())
             remote.put_bytes(node.conn, f"{node.job_dir}/hostwrap.py", HOSTWRAP.read_bytes(), 0o700)
 
@@ -285,7 +271,7 @@ class Supervisor:
                 future.result()
         if self._stop.is_set():
             return
-        python = ssh["wrapper_python"]
+        python = ssh.wrapper_python
         for node in nodes:
             command = (
                 f"cd {remote.quote([node.job_dir])} && exec {remote.quote([python, 'hostwrap.py', 'launch.json'])}"
@@ -327,7 +313,7 @@ class Supervisor:
         def change(record: JobRecord) -> None:
             for entry in record.nodes:
                 entry.pgid = pgids.get(entry.name, entry.pgid)
-            record.ssh["job_dirs"] = {n.launch.host: n.job_dir for n in nodes}
+            record.ssh.job_dirs = {n.launch.host: n.job_dir for n in nodes}
 
         try:
             self.store.update(self.job_id, change)
@@ -341,7 +327,7 @@ class Supervisor:
     # -- supervise ---------------------------------------------------------------------------------
 
     def _supervise(self, nodes: list[_Node]) -> None:
-        grace = float(self.record.ssh.get("grace_s", 15))
+        grace = float(self.record.ssh.grace_s)
         while True:
             for node in nodes:
                 if node.exit_code is None and node.channel is not None and node.channel.exit_status_ready():
@@ -446,8 +432,8 @@ def kill_group(conn: Any, job_dir: str, sig: str = "KILL") -> bool:
 def cancel_without_supervisor(store: JobStore, record: JobRecord) -> JobRecord:
     """The supervisor is gone but the record says running: stop each host's group directly. The record
     says which hosts were reached and stopped, which had no group, and which could not be reached."""
-    targets = {t["name"]: target_from_dict(t) for t in record.ssh.get("targets", [])}
-    job_dirs = record.ssh.get("job_dirs", {})
+    targets = {t.name: t for t in record.ssh.targets}
+    job_dirs = record.ssh.job_dirs
 
     def one(name: str) -> bool:
         conn = remote.connect(targets[name])
@@ -458,7 +444,7 @@ def cancel_without_supervisor(store: JobStore, record: JobRecord) -> JobRecord:
                 directory = f"{home.strip()}/{REMOTE_ROOT}/{record.id}/{name}"
             if not kill_group(conn, directory, "TERM"):
                 return False
-            time.sleep(float(record.ssh.get("grace_s", 15)) if record.ssh.get("grace_s") else 5)
+            time.sleep(float(record.ssh.grace_s) if record.ssh.grace_s else 5)
             kill_group(conn, directory, "KILL")
             return True
         finally:
@@ -488,7 +474,7 @@ def cancel_without_supervisor(store: JobStore, record: JobRecord) -> JobRecord:
         if not rec.final:
             rec.state, rec.exit_code, rec.message = "cancelled", CANCELLED_EXIT, message
             rec.finished = time.time()
-            rec.ssh["not_stopped"] = sorted(unreached)
+            rec.ssh.not_stopped = sorted(unreached)
 
     return store.update(record.id, change)
 

@@ -28,7 +28,7 @@ from pyctl.config import Settings
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster
 from pyctl.train import ddp, manifests
-from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, new_job_id
+from pyctl.train.jobs import JobRecord, JobStore, K8sInfo, NodeRecord, new_job_id
 from pyctl.workload import verdict
 from pyctl.workload.check import DDP_LR, WorkloadRequest, probe_path
 
@@ -170,7 +170,7 @@ def _run_job(  # noqa: PLR0917 - two call sites, each argument named there
         created=time.time(),
         nodes=[NodeRecord(rank=i, name=f"{job_id}-{i}") for i in range(nodes)],
         options={"doctor_workload": True},
-        k8s={"kubeconfig": str(kubeconfig), "namespace": request.namespace, "kind": "indexed-job", "name": job_id},
+        k8s=K8sInfo(kubeconfig=str(kubeconfig), namespace=request.namespace, kind="indexed-job", name=job_id),
     )
     store = JobStore(settings)
     job_dir = store.create(record)

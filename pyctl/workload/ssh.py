@@ -25,7 +25,7 @@ from pyctl.config import Settings
 from pyctl.errors import PyctlError
 from pyctl.inventory import Cluster, Host
 from pyctl.train import ddp, logs, sshjob
-from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, new_job_id
+from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, SshInfo, new_job_id
 from pyctl.workload import verdict
 from pyctl.workload.check import DDP_LR, WorkloadRequest, probe_path
 
@@ -208,12 +208,7 @@ def _run_job(ctx: _Context, request: ddp.DdpRequest, workload: str, timeout_s: f
         created=time.time(),
         nodes=[NodeRecord(rank=i, name=h.name, address=h.address) for i, h in enumerate(job.hosts)],
         options={**job.options, "doctor_workload": True},
-        ssh={
-            "user": ctx.user,
-            "targets": [sshjob.target_to_dict(t) for t in targets],
-            "wrapper_python": pythons[job.hosts[0].name],
-            "grace_s": 5.0,
-        },
+        ssh=SshInfo(user=ctx.user, targets=targets, wrapper_python=pythons[job.hosts[0].name], grace_s=5.0),
     )
     store = JobStore(ctx.settings)
     job_dir = store.create(record)

@@ -143,17 +143,17 @@ def test_a_dead_supervisor_is_noticed_at_once_even_for_a_young_job():
     once recorded, a pid that is not that job's supervisor means the supervisor died."""
     import time
 
-    from pyctl.commands import train
+    from pyctl.train.backends.ssh import job_alive
     from pyctl.train.jobs import JobRecord
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     young = JobRecord(id="ddp-young", workload="ddp", backend="ssh", created=time.time())
-    assert train._job_alive(young), "no pid recorded yet: still starting"
+    assert job_alive(young), "no pid recorded yet: still starting"
     young.supervisor_pid = dead.pid
-    assert not train._job_alive(young)
+    assert not job_alive(young)
     old = JobRecord(id="ddp-old", workload="ddp", backend="ssh", created=time.time() - 60)
-    assert not train._job_alive(old), "no pid a minute after creation: the start failed"
+    assert not job_alive(old), "no pid a minute after creation: the start failed"
 
 
 def test_the_payloads_modules_travel_with_it_over_ssh(inventory, tmp_path):

@@ -38,7 +38,7 @@ def test_cancel_without_supervisor_that_reaches_no_host_says_so_and_exits_3(caps
     assert record.state == "cancelled"
     assert "stopped directly" not in record.message and "signalled" not in record.message, record.message
     assert "nothing stopped on: host node1 is unreachable" in record.message, record.message
-    assert record.ssh["not_stopped"] == ["node1"]
+    assert record.ssh.not_stopped == ["node1"]
     assert "host node1 is unreachable" in err
 
 
@@ -59,7 +59,7 @@ def test_a_failed_write_of_the_process_groups_is_reported_not_swallowed(state_di
     said: list[str] = []
     supervisor = sshjob.Supervisor(store, "ddp-pgids", say=said.append)
     launch = NodeLaunch(rank=0, host="node1", address="127.0.0.1", argv=("true",))
-    node = sshjob._Node(launch, sshjob.target_from_dict(store.load("ddp-pgids").ssh["targets"][0]))
+    node = sshjob._Node(launch, store.load("ddp-pgids").ssh.targets[0])
     node.pgid, node.job_dir, node.exit_code = 4242, "/tmp/job", 0
 
     store.failing = True
@@ -74,11 +74,11 @@ def test_a_failed_write_of_the_process_groups_is_reported_not_swallowed(state_di
 
 
 def test_a_lost_supervisor_is_recorded_without_claiming_what_nobody_saw(state_dir, tmp_path):
-    from pyctl.commands import train
+    from pyctl.train.backends.ssh import mark_lost
 
     store = JobStore(load_settings())
     store.create(_ssh_record("ddp-lost", tmp_path))
-    record = train._mark_lost(store, store.load("ddp-lost"))
+    record = mark_lost(store, store.load("ddp-lost"))
     assert record.state == "failed" and record.exit_code == 1
     assert record.message.startswith("the supervisor died before recording how the job ended"), record.message
     assert "stopped when" not in record.message

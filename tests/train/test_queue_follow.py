@@ -215,7 +215,7 @@ def test_the_start_deadline_counts_from_admission_not_from_submission(tmp_path):
     client.submit(render_case(tmp_path, "indexed-job-queue"), "default")
     record = _record("indexed-job", "team-a")
     record.created -= 3600
-    record.k8s["start_timeout_s"] = 900
+    record.k8s.start_timeout_s = 900
     record.nodes = [NodeRecord(rank=i, name=f"{JOB_ID}-{i}") for i in range(2)]
     _script(api, {3: api.admit, 4: lambda: api.run({0: ["a"], 1: ["b"]}), 6: api.finish})
     notes: list[str] = []
