@@ -10,7 +10,7 @@ from pyctl.config import load_settings
 from pyctl.errors import ExitCode, UsageError
 
 
-def _check_limit(cluster: inventory.Cluster, limit: str | None) -> None:
+def check_limit(cluster: inventory.Cluster, limit: str | None) -> None:
     """Plain names in --limit must be hosts or groups of the inventory (patterns are left to Ansible)."""
     if not limit:
         return
@@ -52,7 +52,7 @@ def run(
     cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
     known = phases.discover(settings.playbooks_dir)
     selected = phases.select(known, phase_list)
-    _check_limit(cluster, limit)
+    check_limit(cluster, limit)
     _check_netns_lab(cluster, selected)
 
     run_dir = runner.new_run_dir(settings, "bootstrap")

@@ -272,11 +272,11 @@ def run_setup(inventory_path: Path, limit: str | None = None, check: bool = Fals
     """Install the DDP payload's environment on the training hosts (playbooks/train_env.yml)."""
     from pyctl import runner
     from pyctl.commands import playrun
-    from pyctl.commands.bootstrap import _check_limit
+    from pyctl.commands.bootstrap import check_limit
 
     settings = load_settings()
     cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
-    _check_limit(cluster, limit)
+    check_limit(cluster, limit)
     _say(f"installing the DDP payload's environment on {len(cluster.nodes)} host(s)")
     playrun.run(
         settings,

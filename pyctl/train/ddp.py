@@ -15,9 +15,24 @@ from typing import Any
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
 from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
+from pyctl.train.request import (
+    DEFAULT_CLAIM,
+    DEFAULT_CLAIM_MOUNT,
+    DEFAULT_NAMESPACE,
+    MAX_SCRIPT_BYTES,
+    absolute,
+    check_at_least,
+    check_backend,
+    check_lr,
+    check_start_timeout,
+    host_pool,
+    iface_of,
+    parse_env,
+    refuse_iface_on_k8s,
+    refuse_image_on_ssh,
+)
 
 DATASETS = ("fashion-mnist", "digits")
-BACKENDS = ("k8s", "ssh")
 KINDS = ("indexed-job", "pytorchjob", "trainjob")
 DEFAULT_IMAGE_CPU = "pyctl-ddp:cpu"
 DEFAULT_IMAGE_GPU = "pyctl-ddp:cuda"
@@ -25,13 +40,7 @@ IMAGE_PAYLOAD = "/opt/pyctl/ddp/train.py"  # where the payload image (payloads/d
 PAYLOAD_MODULES = ("loaders.py", "checkpoint.py")  # train.py imports them from its own folder
 USER_SCRIPT_DIR = "/opt/pyctl/user"  # where a --script is mounted in pods (from a ConfigMap)
 DEFAULT_MASTER_PORT = 29500
-DEFAULT_CLAIM = "pyctl-shared"  # the claim the k8s storage phase makes (shared_storage_pvc_name)
-DEFAULT_NAMESPACE = "default"
-DEFAULT_CLAIM_MOUNT = "/mnt/pyctl-shared"
-DEFAULT_SSH_USER = "pyctl"  # the ssh_trust role's training user
 DEFAULT_PYTHON = "/opt/pyctl/venvs/ddp/bin/python"  # what the train_env role installs on each host
-MAX_SCRIPT_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 _PAYLOAD_ONLY = ("dataset", "data_path", "epochs", "batch_size", "lr", "threads")
 
@@ -101,42 +110,9 @@ def payload_path(settings_project_dir: Path) -> Path:
     return settings_project_dir / "payloads" / "ddp" / "train.py"
 
 
-def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME.match(name):
-            raise UsageError(f"--env {item!r} is not NAME=VALUE")
-        env[name] = value
-    return env
-
-
-def _absolute(flag: str, value: str) -> str:
-    if not PurePosixPath(value).is_absolute():
-        raise UsageError(f"{flag} {value!r} must be an absolute path (it is a path on the nodes)")
-    return str(PurePosixPath(value))
-
-
-def iface_of(host: Host) -> str | None:
-    value = host.vars.get("train_iface") or host.vars.get("lab_iface")
-    return str(value) if value else None
-
-
 def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tuple[Host, ...]:
     """The SSH hosts: --hosts in order, else the Kubernetes nodes (GPU hosts when GPUs are asked for)."""
-    by_name = {h.name: h for h in cluster.hosts}
-    if request.hosts:
-        unknown = [n for n in request.hosts if n not in by_name]
-        if unknown:
-            raise UsageError(
-                f"--hosts names {', '.join(unknown)}, not in the inventory",
-                hint=f"its hosts: {', '.join(by_name)}",
-            )
-        pool = [by_name[n] for n in dict.fromkeys(request.hosts)]
-    else:
-        pool = cluster.nodes or list(cluster.hosts)
-        if request.gpus_per_node > 0:
-            pool = [h for h in pool if h.gpu]
+    pool = host_pool(request.hosts, cluster, request.gpus_per_node)
     if not pool and request.gpus_per_node > 0:
         raise UsageError(
             f"--gpus-per-node {request.gpus_per_node} but the inventory has no GPU hosts (gpu=true)",
@@ -154,58 +130,40 @@ def select_hosts(request: DdpRequest, cluster: Cluster, nodes: int | None) -> tu
     return tuple(pool[:wanted])
 
 
-def refuse_iface_on_k8s(iface: str | None) -> None:
-    """--iface names a host's NIC; a pod has its own network namespace (eth0 on flannel), and gloo/NCCL
-    find the pod's address from its host name, so the host's name would break the job."""
-    if iface:
-        raise UsageError(
-            f"--iface {iface} is for --backend ssh: pods do not have the hosts' interfaces (on flannel only eth0)",
-            hint="leave --iface out for Kubernetes (pods use their own address); to force one, "
-            "--env GLOO_SOCKET_IFNAME=eth0",
-        )
-
-
-def check_start_timeout(seconds: float) -> None:
-    if not seconds >= 0:
-        raise UsageError(f"--start-timeout {seconds}: give seconds (0 waits for ever)")
-
-
 def _check_flags(r: DdpRequest) -> None:
-    if r.backend not in BACKENDS:
-        raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
+    check_backend(r.backend)
     if r.kind not in KINDS:
         raise UsageError(f"--kind {r.kind!r} is not one of {', '.join(KINDS)}")
     if r.kind != "indexed-job" and r.backend != "k8s":
         raise UsageError(f"--kind {r.kind} needs --backend k8s")
     _check_k8s_extras(r)
-    for flag, value, low in (
-        ("--nodes", r.nodes, 1),
-        ("--nproc-per-node", r.nproc_per_node, 1),
-        ("--gpus-per-node", r.gpus_per_node, 0),
-        ("--epochs", r.epochs, 1),
-        ("--batch-size", r.batch_size, 1),
-        ("--threads", r.threads, 1),
-        ("--max-restarts", r.max_restarts, 0),
-    ):
-        if value is not None and value < low:
-            raise UsageError(f"{flag} {value}: must be {low} or more")
-    if r.lr is not None and not r.lr > 0:
-        raise UsageError(f"--lr {r.lr}: must be a positive number")
+    check_at_least(
+        (
+            ("--nodes", r.nodes, 1),
+            ("--nproc-per-node", r.nproc_per_node, 1),
+            ("--gpus-per-node", r.gpus_per_node, 0),
+            ("--epochs", r.epochs, 1),
+            ("--batch-size", r.batch_size, 1),
+            ("--threads", r.threads, 1),
+            ("--max-restarts", r.max_restarts, 0),
+        )
+    )
+    check_lr(r.lr)
     check_start_timeout(r.start_timeout_s)
     if not 1024 <= r.master_port <= 65535:
         raise UsageError(f"--master-port {r.master_port}: use a port from 1024 to 65535")
     if r.checkpoint_dir is not None:
-        _absolute("--checkpoint-dir", r.checkpoint_dir)
+        absolute("--checkpoint-dir", r.checkpoint_dir)
     if r.backend == "k8s":
         refuse_iface_on_k8s(r.iface)
-        mount = _absolute("--claim-mount", r.claim_mount)
+        mount = absolute("--claim-mount", r.claim_mount)
         if r.checkpoint_dir and not PurePosixPath(r.checkpoint_dir).is_relative_to(mount):
             raise UsageError(
                 f"--checkpoint-dir {r.checkpoint_dir} is not on the NFS share, which pods mount at {mount}",
                 hint=f"use a folder under {mount} (or change --claim-mount)",
             )
-    elif r.image:
-        raise UsageError("--image is for --backend k8s; on SSH hosts give the interpreter with --python")
+    else:
+        refuse_image_on_ssh(r.image)
 
 
 def _check_k8s_extras(r: DdpRequest) -> None:
@@ -272,7 +230,7 @@ def _program(r: DdpRequest, project_dir: Path) -> tuple[bytes, str, tuple[str, .
         raise UsageError(f"the DDP payload {payload} is missing", hint="reinstall pyctl from its source tree")
     args = ["--dataset", dataset, "--epochs", str(r.epochs or 10)]
     if r.data_path:
-        args += ["--data-path", _absolute("--data-path", r.data_path)]
+        args += ["--data-path", absolute("--data-path", r.data_path)]
     if r.batch_size:
         args += ["--batch-size", str(r.batch_size)]
     if r.lr:
@@ -308,7 +266,7 @@ def resolve(request: DdpRequest, cluster: Cluster, project_dir: Path) -> DdpJob:
     """Check every input and fill in the defaults; UsageError (exit 2) names the first problem."""
     r = request
     _check_flags(r)
-    env = _parse_env(r.env)
+    env = parse_env(r.env)
     text, script_name, payload_args = _program(r, project_dir)
     nodes, hosts = _placement(r, cluster)
     if r.kind in ("pytorchjob", "trainjob") and r.backend == "k8s" and nodes > 1 and r.max_restarts > 0:

@@ -20,24 +20,30 @@ import ipaddress
 import json
 import re
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.ddp import (
-    BACKENDS,
+from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
+from pyctl.train.request import (
     DEFAULT_CLAIM,
     DEFAULT_CLAIM_MOUNT,
     DEFAULT_NAMESPACE,
     MAX_SCRIPT_BYTES,
-    _parse_env,
+    absolute,
+    check_at_least,
+    check_backend,
+    check_lr,
     check_start_timeout,
+    host_pool,
+    iface_of,
+    kubernetes_minor,
+    parse_env,
     refuse_iface_on_k8s,
+    refuse_image_on_ssh,
 )
-from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
 
 GRAPHS = ("cora", "citeseer", "pubmed", "ogbn-products", "synthetic")
 PART_METHODS = ("metis", "random")
@@ -131,30 +137,22 @@ def payload_dir(project_dir: Path) -> Path:
     return project_dir / "payloads" / "distdgl"
 
 
-def _absolute(flag: str, value: str) -> str:
-    if not PurePosixPath(value).is_absolute():
-        raise UsageError(f"{flag} {value!r} must be an absolute path (it is a path on the hosts)")
-    return str(PurePosixPath(value))
-
-
 def _check_flags(r: DistDglRequest) -> None:
-    if r.backend not in BACKENDS:
-        raise UsageError(f"--backend {r.backend!r} is not one of {', '.join(BACKENDS)}")
+    check_backend(r.backend)
     if r.queue is not None and r.backend != "k8s":
         raise UsageError("--queue is for --backend k8s (Kueue admits Kubernetes jobs)")
-    for flag, value, low in (
-        ("--num-parts", r.num_parts, 1),
-        ("--num-trainers", r.num_trainers, 1),
-        ("--num-samplers", r.num_samplers, 0),
-        ("--num-servers", r.num_servers, 1),
-        ("--epochs", r.epochs, 1),
-        ("--batch-size", r.batch_size, 1),
-        ("--synthetic-nodes", r.synthetic_nodes, 8),
-    ):
-        if value is not None and value < low:
-            raise UsageError(f"{flag} {value}: must be {low} or more")
-    if r.lr is not None and not r.lr > 0:
-        raise UsageError(f"--lr {r.lr}: must be a positive number")
+    check_at_least(
+        (
+            ("--num-parts", r.num_parts, 1),
+            ("--num-trainers", r.num_trainers, 1),
+            ("--num-samplers", r.num_samplers, 0),
+            ("--num-servers", r.num_servers, 1),
+            ("--epochs", r.epochs, 1),
+            ("--batch-size", r.batch_size, 1),
+            ("--synthetic-nodes", r.synthetic_nodes, 8),
+        )
+    )
+    check_lr(r.lr)
     for flag, value in (("--fanouts", r.fanouts), ("--eval-fanouts", r.eval_fanouts)):
         if value is not None and not _FANOUTS.match(value):
             raise UsageError(f"{flag} {value!r}: give a positive integer (or -1: all neighbours) per layer, e.g. 10,25")
@@ -174,7 +172,7 @@ def _check_flags(r: DistDglRequest) -> None:
     check_start_timeout(r.start_timeout_s)
     if r.backend == "k8s":
         refuse_iface_on_k8s(r.iface)
-        _absolute("--claim-mount", r.claim_mount)
+        absolute("--claim-mount", r.claim_mount, "hosts")
         for flag, value in (
             ("--shared-path", r.shared_path),
             ("--python", r.python),
@@ -183,8 +181,8 @@ def _check_flags(r: DistDglRequest) -> None:
         ):
             if value:
                 raise UsageError(f"{flag} is for --backend ssh", hint="pods use the image and the claim (--claim)")
-    elif r.image:
-        raise UsageError("--image is for --backend k8s; on SSH hosts give the interpreter with --python")
+    else:
+        refuse_image_on_ssh(r.image)
 
 
 def _graph(r: DistDglRequest, share: str) -> tuple[str, ...]:
@@ -192,7 +190,7 @@ def _graph(r: DistDglRequest, share: str) -> tuple[str, ...]:
     if r.graph is not None and r.graph_path is not None:
         raise UsageError("give --graph or --graph-path, not both")
     if r.graph_path is not None:
-        path = _absolute("--graph-path", r.graph_path)
+        path = absolute("--graph-path", r.graph_path, "hosts")
         if r.backend == "k8s" and not PurePosixPath(path).is_relative_to(r.claim_mount):
             raise UsageError(
                 f"--graph-path {path} is not on the NFS share, which pods mount at {r.claim_mount}",
@@ -287,14 +285,9 @@ def _address_of(host: Host) -> str:
 
 def _hosts(r: DistDglRequest, cluster: Cluster) -> tuple[Host, ...]:
     """SSH: the machines, machine 0 first: --hosts as given, else the first --num-parts inventory nodes."""
-    by_name = {h.name: h for h in cluster.hosts}
+    pool = host_pool(r.hosts, cluster)
     if r.hosts:
-        unknown = [n for n in r.hosts if n not in by_name]
-        if unknown:
-            raise UsageError(
-                f"--hosts names {', '.join(unknown)}, not in the inventory", hint=f"its hosts: {', '.join(by_name)}"
-            )
-        chosen = [by_name[n] for n in dict.fromkeys(r.hosts)]
+        chosen = pool
         if r.num_parts is not None and r.num_parts != len(chosen):
             raise UsageError(
                 f"--num-parts {r.num_parts} but --hosts names {len(chosen)} host(s); DistDGL runs one machine per "
@@ -302,7 +295,6 @@ def _hosts(r: DistDglRequest, cluster: Cluster) -> tuple[Host, ...]:
                 hint=f"use --num-parts {len(chosen)}, or name {r.num_parts} hosts",
             )
         return tuple(chosen)
-    pool = cluster.nodes or list(cluster.hosts)
     wanted = r.num_parts if r.num_parts is not None else len(pool)
     if wanted > len(pool):
         raise UsageError(
@@ -317,7 +309,7 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
     """Check every input and fill in the defaults; UsageError (exit 2) names the first problem."""
     r = request
     _check_flags(r)
-    env = _parse_env(r.env)
+    env = parse_env(r.env)
     payload = payload_dir(project_dir)
     missing = [name for name in PAYLOAD_FILES if not (payload / name).is_file()]
     if missing:
@@ -332,8 +324,8 @@ def resolve(request: DistDglRequest, cluster: Cluster, project_dir: Path) -> Dis
             raise UsageError(f"two hosts of the job have the same address {', '.join(repeated)}")
         num_parts = len(hosts)
         first = hosts[0].vars
-        share = _absolute(
-            "--shared-path", r.shared_path or str(first.get("nfs_client_mount_path") or DEFAULT_SHARED_PATH)
+        share = absolute(
+            "--shared-path", r.shared_path or str(first.get("nfs_client_mount_path") or DEFAULT_SHARED_PATH), "hosts"
         ).rstrip("/")
     else:
         pool = cluster.nodes
@@ -422,9 +414,9 @@ def spec_text(job: DistDglJob, job_id: str, *, python: str | None) -> str:
 # --- SSH: one NodeLaunch per host ------------------------------------------------------------------------
 
 
-def iface_of(job: DistDglJob, host: Host) -> str | None:
-    value = job.request.iface or host.vars.get("train_iface") or host.vars.get("lab_iface")
-    return str(value) if value else None
+def job_iface(job: DistDglJob, host: Host) -> str | None:
+    """--iface, else the host's train_iface/lab_iface; None: launch.py picks the address's interface."""
+    return job.request.iface or iface_of(host)
 
 
 def pythons(job: DistDglJob) -> dict[str, str]:
@@ -449,7 +441,7 @@ def ssh_launches(job: DistDglJob, job_id: str, project_dir: Path) -> list[Any]:
     for index, host in enumerate(job.hosts):
         env = dict(job.env)
         env.update({"PYCTL_JOB_ID": job_id, "PYCTL_MACHINE_INDEX": str(index)})
-        iface = iface_of(job, host)
+        iface = job_iface(job, host)
         if iface:
             env.setdefault("GLOO_SOCKET_IFNAME", iface)
         argv = [
@@ -477,65 +469,43 @@ def preflight(job: DistDglJob, targets: list[Any], job_id: str) -> dict[str, str
     machine 0 the --graph-path file. Returns each host's dgl version (with --check-env) or ''. UsageError
     (exit 2) names the host and the problem; nothing is started."""
     from pyctl import remote
+    from pyctl.train import sshjob
 
     q = remote.quote
-    interpreters = pythons(job)
     share = job.shared_path
     graph_path = job.request.graph_path
-    env = " ".join(f"{k}={q([v])}" for k, v in sorted(job.env.items()))
 
-    def one(index: int, target: Any) -> str:
-        python = interpreters[target.name]
-        conn = remote.connect(target)
-        try:
-            code, _ = remote.run(conn, f"test -x {q([python])} || command -v {q([python])}", timeout=60)
+    def shared_folder_and_graph(index: int, target: Any, conn: Any) -> None:
+        code, _ = remote.run(conn, f"test -d {q([share])} && test -w {q([share])}", timeout=30)
+        if code != 0:
+            raise UsageError(
+                f"host {target.name}: the shared folder {share} does not exist or is not writable",
+                hint="mount the NFS share on every host (pyctl bootstrap --phases storage), or name a folder "
+                "every host shares with --shared-path",
+            )
+        if index == 0 and graph_path:
+            code, _ = remote.run(conn, f"test -f {q([graph_path])} && test -r {q([graph_path])}", timeout=30)
             if code != 0:
                 raise UsageError(
-                    f"host {target.name}: the interpreter {python} is not there",
-                    hint="install payloads/distdgl/requirements.txt into a virtualenv on the hosts and name it "
-                    "with --python or the distdgl_python host variable",
+                    f"--graph-path {graph_path}: no such file on {target.name} (machine 0, which partitions)",
+                    hint="put the graph file on the shared folder and give its path there",
                 )
-            iface = iface_of(job, job.hosts[index])
-            if job.request.iface and iface:
-                code, _ = remote.run(conn, f"test -d /sys/class/net/{q([iface])}", timeout=30)
-                if code != 0:
-                    raise UsageError(f"host {target.name}: network interface {iface!r} does not exist")
-            code, _ = remote.run(conn, f"test -d {q([share])} && test -w {q([share])}", timeout=30)
-            if code != 0:
-                raise UsageError(
-                    f"host {target.name}: the shared folder {share} does not exist or is not writable",
-                    hint="mount the NFS share on every host (pyctl bootstrap --phases storage), or name a folder "
-                    "every host shares with --shared-path",
-                )
-            if index == 0 and graph_path:
-                code, _ = remote.run(conn, f"test -f {q([graph_path])} && test -r {q([graph_path])}", timeout=30)
-                if code != 0:
-                    raise UsageError(
-                        f"--graph-path {graph_path}: no such file on {target.name} (machine 0, which partitions)",
-                        hint="put the graph file on the shared folder and give its path there",
-                    )
-            if not job.request.check_env:
-                return ""
-            probe = "import dgl, torch, sys; sys.stdout.write(dgl.__version__)"
-            code, out = remote.run(conn, f"env {env} {q([python])} -c {q([probe])}", timeout=300)
-            if code != 0:
-                last = (out.strip().splitlines() or ["no output"])[-1]
-                raise UsageError(f"host {target.name}: {python} cannot import dgl: {last}")
-            return out.strip().splitlines()[-1] if out.strip() else ""
-        finally:
-            remote.close(conn)
 
-    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        futures = [pool.submit(one, i, t) for i, t in enumerate(targets)]
-        results: dict[str, str] = {}
-        problems: list[BaseException] = []
-        for target, future in zip(targets, futures, strict=True):
-            try:
-                results[target.name] = future.result()
-            except BaseException as exc:
-                problems.append(exc)
-        if problems:
-            raise problems[0]
+    iface = job.request.iface  # without --iface, launch.py takes the interface that carries the address
+    results = sshjob.preflight(
+        targets,
+        pythons(job),
+        {h.name: iface for h in job.hosts} if iface else {},
+        job.request.check_env,
+        job.env,
+        module="dgl",
+        hints=(
+            "install payloads/distdgl/requirements.txt into a virtualenv on the hosts and name it "
+            "with --python or the distdgl_python host variable",
+            None,
+        ),
+        extra=shared_folder_and_graph,
+    )
     if len(targets) > 1:
         _check_shared(targets, share, job_id)
     return results
@@ -590,7 +560,6 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
         PER_INDEX_SINCE,
         SUCCESS_POLICY_SINCE,
         TEMPLATES,
-        _version,
     )
 
     r = job.request
@@ -620,7 +589,7 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
     ]
     env += [{"name": k, "value": v} for k, v in job.env.items()]
     ports = _ports(job)
-    version = _version(job.kubernetes_version)
+    version = kubernetes_minor(job.kubernetes_version)
     return {
         "configmap": render(
             TEMPLATES,

@@ -24,16 +24,12 @@ from typing import Any
 
 from pyctl.render import render
 from pyctl.train.ddp import IMAGE_PAYLOAD, USER_SCRIPT_DIR, DdpJob, checkpoint_args, torchrun_args
+from pyctl.train.request import kubernetes_minor
 
 TEMPLATES = Path(__file__).with_name("templates")
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 SUCCESS_POLICY_SINCE = (1, 33)  # Job successPolicy is GA (and on by default) from Kubernetes 1.33
 PER_INDEX_SINCE = (1, 29)  # backoffLimitPerIndex: beta and on by default from 1.29, GA in 1.33
-
-
-def _version(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")[:2]
-    return int(major), int(minor)
 
 
 def shared_job_dir(job: DdpJob, job_id: str) -> str:
@@ -160,7 +156,7 @@ def render_ddp(job: DdpJob, job_id: str) -> dict[str, str]:
         **context,
         env=_env(job, job_id, job_id, rank_from_index=True),
         args=_args(job, job_id, with_counts=False),
-        success_policy=_version(job.kubernetes_version) >= SUCCESS_POLICY_SINCE,
-        per_index=_version(job.kubernetes_version) >= PER_INDEX_SINCE,
+        success_policy=kubernetes_minor(job.kubernetes_version) >= SUCCESS_POLICY_SINCE,
+        per_index=kubernetes_minor(job.kubernetes_version) >= PER_INDEX_SINCE,
     )
     return documents

@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from pyctl.inventory import Cluster
 from pyctl.train import logs
 from pyctl.train.jobs import JobRecord, JobStore, SshInfo
 from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
+from pyctl.train.request import DEFAULT_SSH_USER
 
 HOSTWRAP = Path(__file__).with_name("hostwrap.py")
 CANCELLED_EXIT = 130
@@ -54,8 +56,6 @@ def identity(
 ) -> tuple[str, list[Path]]:
     """The login user and the keys to try: the training user with the cluster's key by default
     (`--ssh-user` / `--ssh-key` override them; the host variable train_ssh_user names another user)."""
-    from pyctl.train.ddp import DEFAULT_SSH_USER
-
     first = cluster.hosts[0].vars if cluster.hosts else {}
     user = ssh_user or str(first.get("train_ssh_user") or DEFAULT_SSH_USER)
     if ssh_key is not None:
@@ -75,29 +75,41 @@ def identity(
     return user, []
 
 
+TORCH_HINTS = (
+    "create it with 'pyctl train setup -i INVENTORY', or name another interpreter with torch "
+    "(--python, or the train_python host variable)",
+    "run 'pyctl train setup -i INVENTORY', or point --python at an environment with torch",
+)
+
+
 def preflight(
     targets: list[remote.Target],
-    python: str,
+    pythons: dict[str, str],
     ifaces: dict[str, str | None],
     check_env: bool,
     env: dict[str, str] | None = None,
+    *,
+    module: str = "torch",
+    hints: tuple[str | None, str | None] = TORCH_HINTS,
+    extra: Callable[[int, remote.Target, Any], None] | None = None,
 ) -> dict[str, str]:
-    """Log in to every host at once and check what the job needs; returns each host's torch version
-    (with check_env, in the job's own environment `env`) or ''. Raises UsageError naming the host and
-    the problem."""
+    """Log in to every host at once and check what the job needs: its interpreter (`pythons`, by host),
+    its network interface (when `ifaces` names one), the workload's `extra` checks (index, target,
+    connection), and with `check_env` that the interpreter imports `module` in the job's own environment
+    `env`. Returns each host's `module.__version__`, or '' without `check_env`. Raises UsageError naming the
+    host and the problem (the first host's, in `targets` order); `hints`: for a missing interpreter and for
+    a failed import."""
     assignments = " ".join(f"{k}={remote.quote([v])}" for k, v in sorted((env or {}).items()))
+    missing_hint, import_hint = hints
 
-    def one(target: remote.Target) -> str:
+    def one(index: int, target: remote.Target) -> str:
+        python = pythons[target.name]
         conn = remote.connect(target)
         try:
             q = remote.quote
             code, out = remote.run(conn, f"test -x {q([python])} || command -v {q([python])}", timeout=60)
             if code != 0:
-                raise UsageError(
-                    f"host {target.name}: the interpreter {python} is not there",
-                    hint="create it with 'pyctl train setup -i INVENTORY', or name another interpreter with torch "
-                    "(--python, or the train_python host variable)",
-                )
+                raise UsageError(f"host {target.name}: the interpreter {python} is not there", hint=missing_hint)
             iface = ifaces.get(target.name)
             if iface:
                 code, _ = remote.run(conn, f"test -d /sys/class/net/{q([iface])}", timeout=30)
@@ -106,23 +118,22 @@ def preflight(
                         f"host {target.name}: network interface {iface!r} does not exist",
                         hint="set train_iface for the host (or --iface) to the interface carrying its cluster address",
                     )
+            if extra is not None:
+                extra(index, target, conn)
             if not check_env:
                 return ""
-            probe = "import torch, sys; sys.stdout.write(torch.__version__)"
+            probe = f"import {module}, sys; sys.stdout.write({module}.__version__)"
             prefix = f"env {assignments} " if assignments else ""
             code, out = remote.run(conn, f"{prefix}{q([python])} -c {q([probe])}", timeout=300)
             if code != 0:
                 last = (out.strip().splitlines() or ["no output"])[-1]
-                raise UsageError(
-                    f"host {target.name}: {python} cannot import torch: {last}",
-                    hint="run 'pyctl train setup -i INVENTORY', or point --python at an environment with torch",
-                )
+                raise UsageError(f"host {target.name}: {python} cannot import {module}: {last}", hint=import_hint)
             return out.strip().splitlines()[-1] if out.strip() else ""
         finally:
             remote.close(conn)
 
-    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        futures = {t.name: pool.submit(one, t) for t in targets}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
+        futures = {t.name: pool.submit(one, i, t) for i, t in enumerate(targets)}
         results: dict[str, str] = {}
         problems: list[BaseException] = []
         for name, future in futures.items():

@@ -26,6 +26,7 @@ from pyctl.errors import PyctlError
 from pyctl.inventory import Cluster, Host
 from pyctl.train import ddp, logs, sshjob
 from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, SshInfo, new_job_id
+from pyctl.train.request import iface_of
 from pyctl.workload import verdict
 from pyctl.workload.check import DDP_LR, WorkloadRequest, probe_path
 
@@ -109,7 +110,7 @@ def _preflight(ctx: _Context, hosts: list[Host]) -> dict[str, str]:
     def one(host: Host) -> str | None:
         try:
             target = remote.target_for(host, user=ctx.user, key_files=ctx.keys)
-            sshjob.preflight([target], ctx.python(host), {host.name: ddp.iface_of(host)}, check_env=True)
+            sshjob.preflight([target], {target.name: ctx.python(host)}, {host.name: iface_of(host)}, check_env=True)
         except PyctlError as exc:
             return _without_host(exc.message, host.name)
         return None

@@ -18,6 +18,7 @@ from pyctl.train import ddp, distdgl, logs, sshjob
 from pyctl.train.backends import Prepared, Say, Write
 from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, SshInfo
 from pyctl.train.launch import NodeLaunch
+from pyctl.train.request import iface_of
 
 STARTING_GRACE_S = 10  # a job whose supervisor pid is not recorded yet is still starting for this long
 
@@ -67,14 +68,9 @@ def prepare_ddp(settings: Settings, cluster: inventory.Cluster, job: ddp.DdpJob,
     """Check every host (login, interpreter, interface, with --check-env torch) and build the job's record."""
     pythons = ddp_pythons(job)
     user, targets = _targets(settings, cluster, job.request, job.hosts)
-    ifaces = {h.name: job.request.iface or ddp.iface_of(h) for h in job.hosts}
-    check, env = job.request.check_env, job.env
-    if len(set(pythons.values())) == 1:
-        versions = sshjob.preflight(targets, next(iter(pythons.values())), ifaces, check, env)
-    else:
-        versions = {}
-        for target in targets:
-            versions.update(sshjob.preflight([target], pythons[target.name], ifaces, check, env))
+    ifaces = {h.name: job.request.iface or iface_of(h) for h in job.hosts}
+    check = job.request.check_env
+    versions = sshjob.preflight(targets, pythons, ifaces, check, job.env)
     record = JobRecord(
         id=job_id,
         workload="ddp",
