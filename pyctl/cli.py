@@ -319,7 +319,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
 ) -> None:
     """Data-parallel PyTorch training (torchrun) on the cluster's nodes."""
     from pyctl.commands.train import run_ddp
-    from pyctl.train.ddp import DdpRequest
+    from pyctl.train.workloads.ddp import DdpRequest
 
     request = DdpRequest(
         inventory=inventory,
@@ -425,7 +425,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
 ) -> None:
     """Partition a graph, then train GraphSAGE on DistDGL: one machine per partition (train.py flags after '--')."""
     from pyctl.commands.train import run_distdgl
-    from pyctl.train.distdgl import DistDglRequest
+    from pyctl.train.workloads.distdgl import DistDglRequest
 
     request = DistDglRequest(
         inventory=inventory,

@@ -12,9 +12,10 @@ from typing import Any
 from pyctl import console, inventory
 from pyctl.config import Settings, load_settings
 from pyctl.errors import ExitCode, UsageError
-from pyctl.train import backends, ddp
+from pyctl.train import backends
 from pyctl.train.backends import Prepared
 from pyctl.train.jobs import JobRecord, JobStore, new_job_id
+from pyctl.train.workloads import ddp
 
 
 def _say(message: str) -> None:
@@ -44,7 +45,7 @@ def run_ddp(request: ddp.DdpRequest, render_dir: Path | None = None, follow: boo
 
 def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = False) -> int:
     """Partition a graph and train DistDGL GraphSAGE: every machine runs the start-up step, then launch.py."""
-    from pyctl.train import distdgl
+    from pyctl.train.workloads import distdgl
 
     settings = load_settings()
     cluster = inventory.load(request.inventory, cache_dir=settings.state_dir / "cache" / "inventory")

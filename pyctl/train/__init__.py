@@ -1,14 +1,13 @@
-"""Distributed training on the cluster: `pyctl train ddp|distdgl|status|logs|cancel|setup` (README.md beside this).
+"""Distributed training on the cluster: `pyctl train ddp|distdgl|status|logs|cancel|fetch|report|setup`
+(README.md beside this has the module map). Grouped one way: what runs (workloads/) and where it runs
+(backends/), over a few modules both share:
 
-jobs.py        job records under settings.state_dir/jobs/<id>/ (workload-neutral: ddp, distdgl)
+request.py     the checks `train ddp` and `train distdgl` share (backend, --env, paths, --hosts, ...)
+jobs.py        job records under settings.state_dir/jobs/<id>/ (typed SshInfo / K8sInfo, job.json)
 launch.py      NodeLaunch: what one host runs (argv, env, files), for any workload
-ddp.py         the DDP request, its validation, and its per-host torchrun launches
-distdgl.py     the DistDGL request, its validation, job.json, SSH launches and preflight, its manifests;
-               every machine runs templates/distdgl_startup.py (checks, peers, partition, launch.py)
-sshjob.py      SSH backend: preflight, the detached supervisor, stopping every process group
-hostwrap.py    copied to each host: one job process tree in its own session, stopped as a whole
-supervisor.py  `python -m pyctl.train.supervisor JOB_DIR`
-manifests.py   Indexed Job + headless Service, or PyTorchJob (templates/)
-k8s.py         Kubernetes backend: submit, watch, merged logs, cancel
 logs.py        merged, prefixed logs and following them
+progress.py, report.py, fetch.py   the progress line, `train report`, `train fetch`
+workloads/     ddp.py, ddp_manifests.py, ddp_trainjob.py, distdgl.py, templates/
+backends/      the Backend interface (start, follow, refresh, cancel, logs); ssh.py + sshjob.py,
+               supervisor.py, hostwrap.py; k8s.py + kubeclient.py, kueue.py, podstart.py
 """

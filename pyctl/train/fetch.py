@@ -234,9 +234,9 @@ def parse_pod_log(text: str) -> dict[str, bytes | None]:
 
 
 def k8s_reader(record: JobRecord, directory: str) -> tuple[Reader, Callable[[], None], str]:
-    from pyctl.train import k8s
+    from pyctl.train.backends import kubeclient
 
-    client = k8s.Client(Path(record.k8s.kubeconfig))
+    client = kubeclient.Client(Path(record.k8s.kubeconfig))
     namespace = record.k8s.namespace
 
     def read() -> dict[str, bytes | None]:

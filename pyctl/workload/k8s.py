@@ -1,6 +1,6 @@
 """`doctor --workload --backend k8s`: the probe and the DDP step as `pyctl train ddp` Indexed Jobs.
 
-Both are rendered by `pyctl.train.manifests` (the probe as a user's `--script`, in a ConfigMap; the
+Both are rendered by `pyctl.train.workloads.ddp_manifests` (the probe as a user's `--script`, in a ConfigMap; the
 payload image, `pyctl-ddp:cpu|cuda`, has torch), then changed in three ways for a check of nodes
 rather than a training run:
 
@@ -12,7 +12,7 @@ rather than a training run:
   waiting for ever.
 
 `--render DIR` writes the manifests and runs nothing. Otherwise each Job is submitted and followed
-with `pyctl.train.k8s.Client`, recorded as a job (`pyctl train logs ID`) and deleted when it ends.
+with `pyctl.train.backends.kubeclient.Client`, recorded as a job (`pyctl train logs ID`) and deleted when it ends.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import yaml
 from pyctl.config import Settings
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster
-from pyctl.train import ddp, manifests
 from pyctl.train.jobs import JobRecord, JobStore, K8sInfo, NodeRecord, new_job_id
+from pyctl.train.workloads import ddp, ddp_manifests
 from pyctl.workload import verdict
 from pyctl.workload.check import DDP_LR, WorkloadRequest, probe_path
 
@@ -106,7 +106,7 @@ def render(
         (probe_id, probe_job, request.probe_timeout_s),
         (ddp_id, ddp_job, request.ddp_timeout_s),
     ):
-        rendered = manifests.render_ddp(job, job_id)
+        rendered = ddp_manifests.render_ddp(job, job_id)
         rendered["job"] = one_pod_per_node(rendered["job"], job_id, deadline)
         documents[job_id] = rendered
     return documents
@@ -161,7 +161,8 @@ def _run_job(  # noqa: PLR0917 - two call sites, each argument named there
     settings: Settings, kubeconfig: Path, request: WorkloadRequest, job_id: str, documents: dict[str, str], nodes: int
 ) -> Any:
     """Submit one Job, follow it to its end (its log into the job record), delete it; the Outcome."""
-    from pyctl.train import k8s, logs
+    from pyctl.train import logs
+    from pyctl.train.backends import kubeclient
 
     record = JobRecord(
         id=job_id,
@@ -174,7 +175,7 @@ def _run_job(  # noqa: PLR0917 - two call sites, each argument named there
     )
     store = JobStore(settings)
     job_dir = store.create(record)
-    client = k8s.Client(kubeconfig)
+    client = kubeclient.Client(kubeconfig)
     client.submit(documents, request.namespace)
     log = logs.MergedLog(job_dir / "output.log")
     try:

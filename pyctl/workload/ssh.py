@@ -24,9 +24,11 @@ from pyctl import remote
 from pyctl.config import Settings
 from pyctl.errors import PyctlError
 from pyctl.inventory import Cluster, Host
-from pyctl.train import ddp, logs, sshjob
+from pyctl.train import logs
+from pyctl.train.backends import sshjob
 from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, SshInfo, new_job_id
 from pyctl.train.request import iface_of
+from pyctl.train.workloads import ddp
 from pyctl.workload import verdict
 from pyctl.workload.check import DDP_LR, WorkloadRequest, probe_path
 

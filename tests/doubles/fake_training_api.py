@@ -1,4 +1,4 @@
-"""TEST DOUBLE - the Kubernetes API as `pyctl.train.k8s.Client` calls it, with Kueue and Kubeflow Trainer.
+"""TEST DOUBLE - the Kubernetes API as `pyctl.train.backends.kubeclient.Client` calls it, with Kueue and Kubeflow Trainer.
 
 An in-process stand-in for the three kubernetes-client API objects the train backend uses (CoreV1Api,
 BatchV1Api, CustomObjectsApi), until the API double over HTTP (issue 14) exists. It keeps Jobs,

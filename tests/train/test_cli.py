@@ -160,7 +160,7 @@ def test_the_payloads_modules_travel_with_it_over_ssh(inventory, tmp_path):
     """train.py imports loaders.py and checkpoint.py from its own folder: each host gets all three;
     a user's --script travels alone."""
     from pyctl import inventory as inv
-    from pyctl.train import ddp
+    from pyctl.train.workloads import ddp
 
     cluster = inv.load(inventory, cache_dir=tmp_path / "cache")
     repo = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pyctl.inventory import load
-from pyctl.train import distdgl
+from pyctl.train.workloads import distdgl
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "train"
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ import yaml
 
 pytest.register_assert_rewrite("tests.train.distdgl_support", "distdgl_fixtures")
 from pyctl.inventory import load  # noqa: E402
-from pyctl.train import distdgl  # noqa: E402
+from pyctl.train.workloads import distdgl  # noqa: E402
 from tests.doubles.kubelet_standin import KubeletStandin  # noqa: E402
 from tests.train.distdgl_support import FAIL_BOUND_S, REPO  # noqa: E402
 

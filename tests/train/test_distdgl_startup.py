@@ -1,4 +1,4 @@
-"""The DistDGL start-up step (pyctl/train/templates/distdgl_startup.py) on its own, without DGL or a lab:
+"""The DistDGL start-up step (pyctl/train/workloads/templates/distdgl_startup.py) on its own, without DGL or a lab:
 its checks name the cause, peer names that never resolve fail within the bound, the partition hand-over
 between machine 0 and the others fails cleanly, and a signal stops it. Run with this interpreter (the
 step is standard library only)."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyctl.train.distdgl import STARTUP
+from pyctl.train.workloads.distdgl import STARTUP
 
 _spec = importlib.util.spec_from_file_location("distdgl_startup", STARTUP)
 startup = importlib.util.module_from_spec(_spec)

@@ -51,7 +51,7 @@ def k8s_record(state: str = "succeeded", **options) -> JobRecord:
 
 
 class PodRunnerDouble:
-    """Stands in for pyctl.train.k8s.Client.run_pod: runs the pod's one container command on this
+    """Stands in for pyctl.train.backends.kubeclient.Client.run_pod: runs the pod's one container command on this
     machine with the claim's mount path mapped to a local folder, as the kubelet stand-in
     (tests/doubles/kubelet_standin.py) maps a persistentVolumeClaim; returns the container's log."""
 
@@ -77,9 +77,9 @@ class PodRunnerDouble:
 def claim(tmp_path, monkeypatch) -> tuple[Path, PodRunnerDouble]:
     root = tmp_path / "claim"
     double = PodRunnerDouble(root)
-    from pyctl.train import k8s
+    from pyctl.train.backends import kubeclient
 
-    monkeypatch.setattr(k8s, "Client", lambda kubeconfig: double)
+    monkeypatch.setattr(kubeclient, "Client", lambda kubeconfig: double)
     return root, double
 
 

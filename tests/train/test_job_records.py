@@ -7,7 +7,7 @@ import time
 
 from pyctl import cli
 from pyctl.config import load_settings
-from pyctl.train import sshjob
+from pyctl.train.backends import sshjob
 from pyctl.train.jobs import JobRecord, JobStore, NodeRecord
 from pyctl.train.launch import NodeLaunch
 

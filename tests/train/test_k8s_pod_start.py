@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from pyctl.inventory import load
-from pyctl.train import ddp, manifests
+from pyctl.train.workloads import ddp, ddp_manifests
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = """\
@@ -33,7 +33,7 @@ def _container(tmp_path: Path, **overrides) -> dict:
     inventory.write_text(INVENTORY)
     request = ddp.DdpRequest(inventory=inventory, backend="k8s", nodes=2, **overrides)
     job = ddp.resolve(request, load(inventory), REPO)
-    document = yaml.safe_load(manifests.render_ddp(job, "ddp-start")["job"])
+    document = yaml.safe_load(ddp_manifests.render_ddp(job, "ddp-start")["job"])
     return document["spec"]["template"]["spec"]["containers"][0]
 
 

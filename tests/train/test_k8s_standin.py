@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pyctl.inventory import load
-from pyctl.train import ddp, manifests
+from pyctl.train.workloads import ddp, ddp_manifests
 from tests.doubles.kubelet_standin import KubeletStandin
 from tests.train.conftest import DDP_PYTHON, REPO
 
@@ -48,7 +48,7 @@ def _run_pods(
         threads=1, **overrides,
     )  # fmt: skip
     job = ddp.resolve(request, load(train_lab.inventory), REPO)
-    documents = manifests.render_ddp(job, job_id)
+    documents = ddp_manifests.render_ddp(job, job_id)
     manifest = yaml.safe_load(documents["job"])
     service = yaml.safe_load(documents["service"])
     assert manifest["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]

@@ -40,7 +40,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from pyctl import cli
-from pyctl.train import k8s, podstart
+from pyctl.train.backends import kubeclient, podstart
 
 JOB = "ddp-start"
 INDEX = "batch.kubernetes.io/job-completion-index"
@@ -264,7 +264,7 @@ def cluster(tmp_path, state_dir, monkeypatch):
         self.core = self.batch = holder["apis"]
         self.custom = None
 
-    monkeypatch.setattr(k8s.Client, "__init__", fake_init)
+    monkeypatch.setattr(kubeclient.Client, "__init__", fake_init)
     return inventory, holder
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from pyctl.train.k8s import job_outcome, node_index, pytorchjob_outcome
+from pyctl.train.backends.kubeclient import job_outcome, node_index, pytorchjob_outcome
 
 
 def _cond(kind: str, status: str = "True", **extra) -> dict:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pyctl.inventory import load
-from pyctl.train import ddp, manifests
+from pyctl.train.workloads import ddp, ddp_manifests
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "train"
 JOB_ID = "ddp-golden"
@@ -126,7 +126,7 @@ def _render(tmp_path: Path, case: str) -> tuple[str, dict[str, str]]:
         overrides = {**overrides, "script": script}
     request = ddp.DdpRequest(inventory=inventory, backend="k8s", **overrides)
     job = ddp.resolve(request, load(inventory), Path(__file__).resolve().parents[2])
-    return version, manifests.render_ddp(job, JOB_ID)
+    return version, ddp_manifests.render_ddp(job, JOB_ID)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from pyctl.train import k8s, kueue
+from pyctl.train.backends import kubeclient, kueue
 from pyctl.train.jobs import JobRecord
 from tests.doubles.fake_training_api import FakeTrainingApi
 from tests.train.test_trainjob_manifests import JOB_ID, render_case
@@ -21,8 +21,8 @@ from tests.train.test_trainjob_manifests import JOB_ID, render_case
 QUOTA = "couldn't assign flavors to pod set main: insufficient quota for cpu in flavor default, 4 more needed"
 
 
-def _client(api: FakeTrainingApi) -> k8s.Client:
-    client = k8s.Client.__new__(k8s.Client)
+def _client(api: FakeTrainingApi) -> kubeclient.Client:
+    client = kubeclient.Client.__new__(kubeclient.Client)
     client.api, client.core, client.batch, client.custom = ApiClient(), api, api, api
     return client
 
@@ -102,11 +102,11 @@ def test_trainjob_submit_cancel_and_the_doubles_refusals(tmp_path):
     # What the double refuses, as Trainer's webhook and strict field validation would.
     trainjob = yaml.safe_load(documents["trainjob"])
     trainjob["spec"]["trainer"]["env"].append({"name": "PET_NODE_RANK", "value": "0"})
-    with pytest.raises(k8s.KubeError, match="422"):
+    with pytest.raises(kubeclient.KubeError, match="422"):
         client.submit({"trainjob": yaml.safe_dump(trainjob)}, "default")
     trainjob = yaml.safe_load(documents["trainjob"])
     trainjob["spec"]["runtimeRef"]["name"] = "pyctl-torch"
-    with pytest.raises(k8s.KubeError, match="422"):
+    with pytest.raises(kubeclient.KubeError, match="422"):
         client.submit({"trainjob": yaml.safe_dump(trainjob)}, "default")
 
 
@@ -122,7 +122,7 @@ def test_with_runtime_applies_pyctls_runtime_and_reapplies_it(tmp_path):
 
 
 def test_trainjob_states():
-    from pyctl.train.trainjob import outcome_of
+    from pyctl.train.workloads.ddp_trainjob import outcome_of
 
     assert outcome_of({"conditions": [{"type": "Suspended", "status": "True"}]})[0] == "queued"
     assert outcome_of({"conditions": [{"type": "Suspended", "status": "False"}]})[0] == "running"
@@ -182,14 +182,14 @@ def test_the_cli_follows_a_queued_trainjob_to_its_end(state_dir, tmp_path, capsy
         },
     )
 
-    class DoubleClient(k8s.Client):
+    class DoubleClient(kubeclient.Client):
         def __init__(self, path):
             self.api, self.core, self.batch, self.custom = ApiClient(), api, api, api
 
         def follow(self, record, out, poll=2.0, **kwargs):
             return super().follow(record, out, poll=0, **kwargs)
 
-    monkeypatch.setattr(k8s, "Client", DoubleClient)
+    monkeypatch.setattr(kubeclient, "Client", DoubleClient)
     args = ["--kind", "trainjob", "--queue", "team-a", "--nodes", "2", "--follow"]
     assert cli.main(["train", "ddp", "-i", str(inventory), *args]) == 0
     captured = capsys.readouterr()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pyctl.inventory import load
-from pyctl.train import ddp, manifests
+from pyctl.train.workloads import ddp, ddp_manifests
 from tests.train import crd_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def render_case(tmp_path: Path, case: str) -> dict[str, str]:
         overrides["script"] = script
     request = ddp.DdpRequest(inventory=inventory, backend="k8s", **overrides)
     job = ddp.resolve(request, load(inventory), REPO)
-    return manifests.render_ddp(job, JOB_ID)
+    return ddp_manifests.render_ddp(job, JOB_ID)
 
 
 def _documents(tmp_path: Path, case: str) -> dict[str, dict]:

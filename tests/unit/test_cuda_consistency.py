@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from pyctl import cuda
-from pyctl.train import ddp
+from pyctl.train.workloads import ddp
 
 ROOT = Path(__file__).resolve().parents[2]
 

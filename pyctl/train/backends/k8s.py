@@ -1,6 +1,6 @@
 """The Kubernetes backend's lifecycle: prepare (the kubeconfig, the record), submit the manifests, follow
-the pods' logs, read the job's status, delete it. The API calls themselves are `pyctl.train.k8s.Client`'s;
-the manifests are the workload's (`manifests.render_ddp`, `distdgl.render_k8s`).
+the pods' logs, read the job's status, delete it. The API calls themselves are `kubeclient.Client`'s
+(beside this module); the manifests are the workload's (`ddp_manifests.render_ddp`, `distdgl.render_k8s`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 from pyctl import inventory
 from pyctl.config import Settings
 from pyctl.errors import UsageError
-from pyctl.train import ddp, distdgl
 from pyctl.train.backends import Prepared, Say, Write
 from pyctl.train.jobs import JobRecord, JobStore, K8sInfo, NodeRecord
+from pyctl.train.workloads import ddp, distdgl
 
 
 def kubeconfig_of(settings: Settings, cluster: inventory.Cluster, inventory_path: Path) -> Path:
@@ -30,9 +30,9 @@ def kubeconfig_of(settings: Settings, cluster: inventory.Cluster, inventory_path
 
 def render_ddp(job: ddp.DdpJob, job_id: str) -> dict[str, str]:
     """`--render`: the manifests, as files; nothing is submitted."""
-    from pyctl.train import manifests
+    from pyctl.train.workloads import ddp_manifests
 
-    return {f"{name}.yaml": text for name, text in manifests.render_ddp(job, job_id).items()}
+    return {f"{name}.yaml": text for name, text in ddp_manifests.render_ddp(job, job_id).items()}
 
 
 def render_distdgl(job: distdgl.DistDglJob, job_id: str) -> dict[str, str]:
@@ -40,10 +40,10 @@ def render_distdgl(job: distdgl.DistDglJob, job_id: str) -> dict[str, str]:
 
 
 def prepare_ddp(settings: Settings, cluster: inventory.Cluster, job: ddp.DdpJob, job_id: str) -> Prepared:
-    from pyctl.train import manifests
+    from pyctl.train.workloads import ddp_manifests
 
     r = job.request
-    documents = manifests.render_ddp(job, job_id)
+    documents = ddp_manifests.render_ddp(job, job_id)
     kubeconfig = kubeconfig_of(settings, cluster, r.inventory)
     record = JobRecord(
         id=job_id,
@@ -91,13 +91,13 @@ def prepare_distdgl(settings: Settings, cluster: inventory.Cluster, job: distdgl
 
 
 def client_of(record: JobRecord) -> Any:
-    """A `pyctl.train.k8s.Client` on the job's recorded kubeconfig (UsageError when it is gone)."""
-    from pyctl.train import k8s
+    """A `pyctl.train.backends.kubeclient.Client` on the job's recorded kubeconfig (UsageError when it is gone)."""
+    from pyctl.train.backends import kubeclient
 
     path = Path(record.k8s.kubeconfig)
     if not path.is_file():
         raise UsageError(f"job {record.id}: its kubeconfig {path} is gone", hint="run 'pyctl bootstrap' again")
-    return k8s.Client(path)
+    return kubeclient.Client(path)
 
 
 def apply_outcome(record: JobRecord, outcome: Any) -> None:
@@ -123,10 +123,10 @@ class K8sBackend:
 
     def start(self, prepared: Prepared, say: Say) -> JobRecord:
         """Check the namespace (`say` gets the warnings), record the job and its manifests, submit them."""
-        from pyctl.train import k8s
+        from pyctl.train.backends import kubeclient
 
         record, documents = prepared.record, prepared.work
-        client = k8s.Client(Path(record.k8s.kubeconfig))
+        client = kubeclient.Client(Path(record.k8s.kubeconfig))
         namespace = record.k8s.namespace
         for warning in client.check_before_submit(documents, namespace):
             say(f"warning: {warning}")
@@ -136,7 +136,7 @@ class K8sBackend:
             (job_dir / "manifests" / f"{name}.yaml").write_text(text, encoding="utf-8")
         try:
             client.submit(documents, namespace)
-        except k8s.KubeError as exc:
+        except kubeclient.KubeError as exc:
             reason = f"submit failed: {exc.message}"
             self.store.update(record.id, lambda rec: _fail(rec, reason))
             raise

@@ -1,6 +1,6 @@
 """The SSH backend's lifecycle: prepare (preflight, record, launches), start the detached supervisor,
 follow `output.log`, notice a dead supervisor, cancel. How the supervisor runs the hosts is in
-`pyctl.train.sshjob`; what each host runs is the workload's (`ddp.ssh_launches`, `distdgl.ssh_launches`).
+`pyctl.train.backends.sshjob`; what each host runs is the workload's (`ddp.ssh_launches`, `distdgl.ssh_launches`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 
 from pyctl import inventory, remote
 from pyctl.config import Settings
-from pyctl.train import ddp, distdgl, logs, sshjob
-from pyctl.train.backends import Prepared, Say, Write
+from pyctl.train import logs
+from pyctl.train.backends import Prepared, Say, Write, sshjob
 from pyctl.train.jobs import JobRecord, JobStore, NodeRecord, SshInfo
 from pyctl.train.launch import NodeLaunch
 from pyctl.train.request import iface_of
+from pyctl.train.workloads import ddp, distdgl
 
 STARTING_GRACE_S = 10  # a job whose supervisor pid is not recorded yet is still starting for this long
 
@@ -114,11 +115,11 @@ def prepare_distdgl(settings: Settings, cluster: inventory.Cluster, job: distdgl
 
 
 def spawn_supervisor(job_dir: Path) -> int:
-    """`python -m pyctl.train.supervisor JOB_DIR` in its own session (it outlives this process); its pid."""
+    """`python -m pyctl.train.backends.supervisor JOB_DIR` in its own session (it outlives this process); its pid."""
     log = (job_dir / "supervisor.log").open("ab")
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pyctl.train.supervisor", str(job_dir)],
+            [sys.executable, "-m", "pyctl.train.backends.supervisor", str(job_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

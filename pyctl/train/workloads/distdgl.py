@@ -26,7 +26,7 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
+from pyctl.train.backends.podstart import DEFAULT_START_TIMEOUT_S
 from pyctl.train.request import (
     DEFAULT_CLAIM,
     DEFAULT_CLAIM_MOUNT,
@@ -469,7 +469,7 @@ def preflight(job: DistDglJob, targets: list[Any], job_id: str) -> dict[str, str
     machine 0 the --graph-path file. Returns each host's dgl version (with --check-env) or ''. UsageError
     (exit 2) names the host and the problem; nothing is started."""
     from pyctl import remote
-    from pyctl.train import sshjob
+    from pyctl.train.backends import sshjob
 
     q = remote.quote
     share = job.shared_path
@@ -554,8 +554,8 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
     """The manifests for `job`, by name (file stem): what `--render` writes and what is submitted. The
     ConfigMap is called "configmap" so the Kubernetes client owns it to the Job (removed with it)."""
     from pyctl.render import render
-    from pyctl.train import kueue
-    from pyctl.train.manifests import (
+    from pyctl.train.backends import kueue
+    from pyctl.train.workloads.ddp_manifests import (
         COMPLETION_INDEX_ANNOTATION,
         PER_INDEX_SINCE,
         SUCCESS_POLICY_SINCE,

@@ -1,4 +1,4 @@
-"""The detached supervisor of an SSH job: `python -m pyctl.train.supervisor JOB_DIR`.
+"""The detached supervisor of an SSH job: `python -m pyctl.train.backends.supervisor JOB_DIR`.
 
 `pyctl train ddp --backend ssh` starts it in its own session (so it outlives the shell and the
 terminal's Ctrl-C does not reach it) and returns, or follows its log. SIGTERM (from `pyctl train
@@ -15,12 +15,12 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m pyctl.train.supervisor JOB_DIR\n")
+        sys.stderr.write("usage: python -m pyctl.train.backends.supervisor JOB_DIR\n")
         return 2
     job_dir = Path(argv[1])
     from pyctl.config import Settings
+    from pyctl.train.backends.sshjob import Supervisor
     from pyctl.train.jobs import JobStore
-    from pyctl.train.sshjob import Supervisor
 
     store = JobStore(Settings(project_dir=Path(), state_dir=job_dir.parent.parent))
     job_id = job_dir.name

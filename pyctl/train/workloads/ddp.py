@@ -14,7 +14,7 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.podstart import DEFAULT_START_TIMEOUT_S
+from pyctl.train.backends.podstart import DEFAULT_START_TIMEOUT_S
 from pyctl.train.request import (
     DEFAULT_CLAIM,
     DEFAULT_CLAIM_MOUNT,

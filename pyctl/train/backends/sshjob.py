@@ -5,7 +5,7 @@ How a job runs:
 1. `preflight` (in the `pyctl train` process, before anything starts): log in to every host, check the
    interpreter (and, with --check-env, that it imports torch) and the network interface. Any problem
    is one line and exit 2.
-2. The supervisor (`python -m pyctl.train.supervisor JOB_DIR`, detached in its own session, so it
+2. The supervisor (`python -m pyctl.train.backends.supervisor JOB_DIR`, detached in its own session, so it
    outlives the shell) logs in again, copies the job's files into `$HOME/.cache/pyctl/jobs/<job>/<host>/`
    on each host and starts `hostwrap.py` there on its own SSH channel. hostwrap starts the job in a new
    session (its own process group), writes the group id to `pgid`, and stops the whole tree when its
@@ -498,7 +498,9 @@ def supervisor_alive(record: JobRecord) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return record.id.encode() in cmdline and b"pyctl.train.supervisor" in cmdline
+    # pyctl.train.supervisor: where the supervisor of a job started by an earlier pyctl lived
+    entry = b"pyctl.train.backends.supervisor" in cmdline or b"pyctl.train.supervisor" in cmdline
+    return record.id.encode() in cmdline and entry
 
 
 def signal_supervisor(record: JobRecord, sig: int = signal.SIGTERM) -> bool:

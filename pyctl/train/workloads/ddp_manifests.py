@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pyctl.render import render
-from pyctl.train.ddp import IMAGE_PAYLOAD, USER_SCRIPT_DIR, DdpJob, checkpoint_args, torchrun_args
 from pyctl.train.request import kubernetes_minor
+from pyctl.train.workloads.ddp import IMAGE_PAYLOAD, USER_SCRIPT_DIR, DdpJob, checkpoint_args, torchrun_args
 
 TEMPLATES = Path(__file__).with_name("templates")
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -86,7 +86,7 @@ def _args(job: DdpJob, job_id: str, *, with_counts: bool) -> list[str]:
 
 
 def _common(job: DdpJob, job_id: str) -> dict[str, Any]:
-    from pyctl.train.kueue import job_labels
+    from pyctl.train.backends.kueue import job_labels
 
     r = job.request
     labels = {
@@ -128,13 +128,15 @@ def render_ddp(job: DdpJob, job_id: str) -> dict[str, str]:
             script_data={job.script_name: job.script_text.decode("utf-8", errors="replace")},
         )
     if job.request.kind == "trainjob":
-        from pyctl.train import trainjob
+        from pyctl.train.workloads import ddp_trainjob
 
         r = job.request
-        runtime = trainjob.runtime_name(r.runtime, r.with_runtime, r.gpus_per_node)
+        runtime = ddp_trainjob.runtime_name(r.runtime, r.with_runtime, r.gpus_per_node)
         context = {**context, "env": _env(job, job_id, job_id, rank_from_index=False)}
         context["args"] = _args(job, job_id, with_counts=False)
-        return documents | trainjob.render_documents(context, TEMPLATES, runtime=runtime, with_runtime=r.with_runtime)
+        return documents | ddp_trainjob.render_documents(
+            context, TEMPLATES, runtime=runtime, with_runtime=r.with_runtime
+        )
     if job.request.kind == "pytorchjob":
         env = _env(job, job_id, job_id, rank_from_index=False)
         replicas = [{"type": "Master", "count": 1}]

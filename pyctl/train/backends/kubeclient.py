@@ -18,9 +18,11 @@ from typing import Any
 import yaml
 
 from pyctl.errors import PyctlError, UsageError
-from pyctl.train import kueue, logs, podstart, trainjob
+from pyctl.train import logs
+from pyctl.train.backends import kueue, podstart
 from pyctl.train.jobs import JobRecord
-from pyctl.train.manifests import COMPLETION_INDEX_ANNOTATION
+from pyctl.train.workloads import ddp_trainjob
+from pyctl.train.workloads.ddp_manifests import COMPLETION_INDEX_ANNOTATION
 
 KUBEFLOW = ("kubeflow.org", "v1", "pytorchjobs")
 
@@ -206,13 +208,13 @@ class Client:
         script ConfigMap."""
         from kubernetes.client.exceptions import ApiException
 
-        group, version = trainjob.GROUP, trainjob.VERSION
+        group, version = ddp_trainjob.GROUP, ddp_trainjob.VERSION
         runtime = objects.get("clustertrainingruntime")
         if runtime is not None:
             name = runtime["metadata"]["name"]
             try:
                 self.custom.create_cluster_custom_object(
-                    group, version, trainjob.RUNTIME_PLURAL, runtime, field_validation="Strict"
+                    group, version, ddp_trainjob.RUNTIME_PLURAL, runtime, field_validation="Strict"
                 )
             except ApiException as exc:
                 if exc.status != 409:
@@ -224,7 +226,7 @@ class Client:
                     self.custom.patch_cluster_custom_object,
                     group,
                     version,
-                    trainjob.RUNTIME_PLURAL,
+                    ddp_trainjob.RUNTIME_PLURAL,
                     name,
                     runtime,
                 )
@@ -234,7 +236,7 @@ class Client:
             group,
             version,
             namespace,
-            trainjob.PLURAL,
+            ddp_trainjob.PLURAL,
             objects["trainjob"],
             field_validation="Strict",
         )
@@ -244,7 +246,7 @@ class Client:
                 self.core.patch_namespaced_config_map,
                 objects["configmap"]["metadata"]["name"],
                 namespace,
-                {"metadata": {"ownerReferences": [trainjob.owner_reference(created)]}},
+                {"metadata": {"ownerReferences": [ddp_trainjob.owner_reference(created)]}},
             )
 
     def cancel(self, record: JobRecord) -> None:
@@ -254,7 +256,12 @@ class Client:
         try:
             if record.k8s.kind == "trainjob":
                 self.custom.delete_namespaced_custom_object(
-                    trainjob.GROUP, trainjob.VERSION, namespace, trainjob.PLURAL, name, propagation_policy="Foreground"
+                    ddp_trainjob.GROUP,
+                    ddp_trainjob.VERSION,
+                    namespace,
+                    ddp_trainjob.PLURAL,
+                    name,
+                    propagation_policy="Foreground",
                 )
             elif record.k8s.kind == "pytorchjob":
                 group, version, plural = KUBEFLOW
@@ -274,7 +281,7 @@ class Client:
         namespace, name = record.k8s.namespace, record.k8s.name
         selector = {
             "pytorchjob": f"training.kubeflow.org/job-name={name}",
-            "trainjob": f"{trainjob.POD_SELECTOR}={name}",
+            "trainjob": f"{ddp_trainjob.POD_SELECTOR}={name}",
         }.get(record.k8s.kind, f"job-name={name}")
         pods = self._call("list the job's pods", self.core.list_namespaced_pod, namespace, label_selector=selector)
         return sorted(pods.items, key=node_index)
@@ -286,13 +293,13 @@ class Client:
             body = self._call(
                 "read the TrainJob",
                 self.custom.get_namespaced_custom_object,
-                trainjob.GROUP,
-                trainjob.VERSION,
+                ddp_trainjob.GROUP,
+                ddp_trainjob.VERSION,
                 namespace,
-                trainjob.PLURAL,
+                ddp_trainjob.PLURAL,
                 name,
             )
-            state, message = trainjob.outcome_of(body.get("status"))
+            state, message = ddp_trainjob.outcome_of(body.get("status"))
             outcome = Outcome(state, {"succeeded": 0, "failed": 1}.get(state), message)
             uid = body["metadata"]["uid"]
         elif kind == "pytorchjob":
