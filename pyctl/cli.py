@@ -35,6 +35,16 @@ InventoryOpt = Annotated[
 EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE for every process (repeat).")]
 SshUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="ssh: log in as (default: pyctl).")]
 SshKeyOpt = Annotated[Path | None, typer.Option("--ssh-key", help="ssh: private key (default: the cluster's).")]
+HostsOpt = Annotated[
+    str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, node (machine) 0 first.")
+]
+
+
+def _host_names(hosts: str | None) -> tuple[str, ...]:
+    """`--hosts a,b`: the names, in order, blanks dropped."""
+    return tuple(h.strip() for h in (hosts or "").split(",") if h.strip())
+
+
 # `pyctl train ddp` and `pyctl doctor --workload`: the interpreter with torch on the SSH hosts.
 TorchPythonOpt = Annotated[
     str | None, typer.Option("--python", help="ssh: interpreter with torch on the hosts (train_python).")
@@ -300,9 +310,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="torchrun restarts of the whole job.")] = 0,
     master_port: Annotated[int, typer.Option("--master-port", help="torchrun's rendezvous port on node 0.")] = 29500,
     env: EnvOpt = None,
-    hosts: Annotated[
-        str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, node 0 first.")
-    ] = None,
+    hosts: HostsOpt = None,
     ssh_user: SshUserOpt = None,
     ssh_key: SshKeyOpt = None,
     python: TorchPythonOpt = None,
@@ -344,7 +352,7 @@ def train_ddp(  # noqa: PLR0917 - typer passes every option positionally
         max_restarts=max_restarts,
         master_port=master_port,
         env=tuple(env or ()),
-        hosts=tuple(h.strip() for h in (hosts or "").split(",") if h.strip()),
+        hosts=_host_names(hosts),
         ssh_user=ssh_user,
         ssh_key=ssh_key,
         python=python,
@@ -399,9 +407,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         float, typer.Option("--partition-timeout", help="Seconds machines wait for machine 0's partition.")
     ] = 3600.0,
     env: EnvOpt = None,
-    hosts: Annotated[
-        str | None, typer.Option("--hosts", help="ssh: these hosts, comma-separated, machine 0 first.")
-    ] = None,
+    hosts: HostsOpt = None,
     ssh_user: SshUserOpt = None,
     ssh_key: SshKeyOpt = None,
     python: Annotated[
@@ -449,7 +455,7 @@ def train_distdgl(  # noqa: PLR0917 - typer passes every option positionally
         peer_timeout=peer_timeout,
         partition_timeout=partition_timeout,
         env=tuple(env or ()),
-        hosts=tuple(h.strip() for h in (hosts or "").split(",") if h.strip()),
+        hosts=_host_names(hosts),
         ssh_user=ssh_user,
         ssh_key=ssh_key,
         python=python,
