@@ -3,8 +3,9 @@
 How a job runs:
 
 1. `preflight` (in the `pyctl train` process, before anything starts): log in to every host, check the
-   interpreter (and, with --check-env, that it imports torch) and the network interface. Any problem
-   is one line and exit 2.
+   interpreter (and, with --check-env, that it imports the workload's module: torch, or dgl), the network
+   interface and the workload's own needs (DistDGL: the shared folder, the graph file). Any problem is one
+   line and exit 2. Both workloads use this one preflight.
 2. The supervisor (`python -m pyctl.train.backends.supervisor JOB_DIR`, detached in its own session, so it
    outlives the shell) logs in again, copies the job's files into `$HOME/.cache/pyctl/jobs/<job>/<host>/`
    on each host and starts `hostwrap.py` there on its own SSH channel. hostwrap starts the job in a new
