@@ -20,6 +20,7 @@ DEFAULT_CLAIM = "pyctl-shared"  # the claim the k8s storage phase makes (shared_
 DEFAULT_CLAIM_MOUNT = "/mnt/pyctl-shared"
 DEFAULT_SSH_USER = "pyctl"  # the ssh_trust role's training user
 MAX_SCRIPT_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB
+DEFAULT_START_TIMEOUT_S = 900.0  # --start-timeout: a multi-GB CUDA image over a slow link takes minutes; 0 = none
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -112,7 +112,14 @@ def _preflight(ctx: _Context, hosts: list[Host]) -> dict[str, str]:
     def one(host: Host) -> str | None:
         try:
             target = remote.target_for(host, user=ctx.user, key_files=ctx.keys)
-            sshjob.preflight([target], {target.name: ctx.python(host)}, {host.name: iface_of(host)}, check_env=True)
+            sshjob.preflight(
+                [target],
+                {target.name: ctx.python(host)},
+                {host.name: iface_of(host)},
+                check_env=True,
+                module=ddp.PREFLIGHT_MODULE,
+                hints=ddp.PREFLIGHT_HINTS,
+            )
         except PyctlError as exc:
             return _without_host(exc.message, host.name)
         return None

@@ -49,3 +49,18 @@ def test_the_backend_is_picked_from_the_record(state_dir):
     k8s = JobRecord(id="b", workload="ddp", backend="k8s", created=0.0)
     assert isinstance(backends.for_record(store, ssh), SshBackend)
     assert isinstance(backends.for_record(store, k8s), K8sBackend)
+
+
+def test_workloads_do_not_import_the_backends():
+    """One direction: a backend runs a workload's launches or manifests; a workload never needs a backend."""
+    workloads = COMMAND.parents[1] / "train" / "workloads"
+    found = []
+    for path in sorted(workloads.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            found += [f"{path.name}: {n}" for n in names if n.startswith("pyctl.train.backends")]
+    assert not found, found

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from pyctl.train.backends import kubeclient, kueue
+from pyctl.train import kueue
+from pyctl.train.backends import kubeclient
 from pyctl.train.jobs import JobRecord
 from tests.doubles.fake_training_api import FakeTrainingApi
 from tests.train.test_trainjob_manifests import JOB_ID, render_case

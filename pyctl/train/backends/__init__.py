@@ -5,7 +5,7 @@
 - `ssh.SshBackend`: a detached supervisor (`supervisor.py`, `sshjob.Supervisor`) runs the job on the
   hosts over SSH, each host's process tree under `hostwrap.py`;
 - `k8s.K8sBackend`: the job's manifests are submitted to Kubernetes and read back from the API
-  (`kubeclient.Client`, with `kueue.py` for admission and `podstart.py` for pods that do not start).
+  (`kubeclient.Client`, with `pyctl.train.kueue` for admission and `podstart.py` for pods that do not start).
 
 Each method returns the job's record (`pyctl.train.jobs.JobRecord`, as `job.json` holds it) and prints
 nothing: lines of the job's log go to a `write` callback, notes for the user to a `say` callback. How a

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from pyctl.errors import PyctlError, UsageError
-from pyctl.train import logs
-from pyctl.train.backends import kueue, podstart
+from pyctl.train import kueue, logs
+from pyctl.train.backends import podstart
 from pyctl.train.jobs import JobRecord
 from pyctl.train.workloads import ddp_trainjob
 from pyctl.train.workloads.ddp_manifests import COMPLETION_INDEX_ANNOTATION

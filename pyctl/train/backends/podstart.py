@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_START_TIMEOUT_S = 900.0  # a multi-GB CUDA image over a slow link takes minutes; 0 = no deadline
+from pyctl.train.request import DEFAULT_START_TIMEOUT_S
 
 # Waiting reasons of a container that is on its way: not worth a line.
 _NORMAL_WAITING = {"ContainerCreating", "PodInitializing"}

@@ -71,7 +71,9 @@ def prepare_ddp(settings: Settings, cluster: inventory.Cluster, job: ddp.DdpJob,
     user, targets = _targets(settings, cluster, job.request, job.hosts)
     ifaces = {h.name: job.request.iface or iface_of(h) for h in job.hosts}
     check = job.request.check_env
-    versions = sshjob.preflight(targets, pythons, ifaces, check, job.env)
+    versions = sshjob.preflight(
+        targets, pythons, ifaces, check, job.env, module=ddp.PREFLIGHT_MODULE, hints=ddp.PREFLIGHT_HINTS
+    )
     record = JobRecord(
         id=job_id,
         workload="ddp",
@@ -91,8 +93,19 @@ def prepare_distdgl(settings: Settings, cluster: inventory.Cluster, job: distdgl
     --check-env dgl) and build the job's record."""
     launches = distdgl.ssh_launches(job, job_id, settings.project_dir)
     user, targets = _targets(settings, cluster, job.request, job.hosts)
-    versions = distdgl.preflight(job, targets, job_id)
     pythons = distdgl.pythons(job)
+    versions = sshjob.preflight(
+        targets,
+        pythons,
+        distdgl.preflight_ifaces(job),
+        job.request.check_env,
+        job.env,
+        module=distdgl.PREFLIGHT_MODULE,
+        hints=distdgl.PREFLIGHT_HINTS,
+        extra=distdgl.host_checks(job),
+    )
+    if len(targets) > 1:
+        distdgl.check_shared(targets, job.shared_path, job_id)
     r = job.request
     record = JobRecord(
         id=job_id,

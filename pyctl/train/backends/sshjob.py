@@ -76,13 +76,6 @@ def identity(
     return user, []
 
 
-TORCH_HINTS = (
-    "create it with 'pyctl train setup -i INVENTORY', or name another interpreter with torch "
-    "(--python, or the train_python host variable)",
-    "run 'pyctl train setup -i INVENTORY', or point --python at an environment with torch",
-)
-
-
 def preflight(
     targets: list[remote.Target],
     pythons: dict[str, str],
@@ -90,8 +83,8 @@ def preflight(
     check_env: bool,
     env: dict[str, str] | None = None,
     *,
-    module: str = "torch",
-    hints: tuple[str | None, str | None] = TORCH_HINTS,
+    module: str,
+    hints: tuple[str | None, str | None],
     extra: Callable[[int, remote.Target, Any], None] | None = None,
 ) -> dict[str, str]:
     """Log in to every host at once and check what the job needs: its interpreter (`pythons`, by host),

@@ -14,11 +14,11 @@ from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.backends.podstart import DEFAULT_START_TIMEOUT_S
 from pyctl.train.request import (
     DEFAULT_CLAIM,
     DEFAULT_CLAIM_MOUNT,
     DEFAULT_NAMESPACE,
+    DEFAULT_START_TIMEOUT_S,
     MAX_SCRIPT_BYTES,
     absolute,
     check_at_least,
@@ -41,6 +41,12 @@ PAYLOAD_MODULES = ("loaders.py", "checkpoint.py")  # train.py imports them from 
 USER_SCRIPT_DIR = "/opt/pyctl/user"  # where a --script is mounted in pods (from a ConfigMap)
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_PYTHON = "/opt/pyctl/venvs/ddp/bin/python"  # what the train_env role installs on each host
+PREFLIGHT_MODULE = "torch"  # what --check-env imports on every host
+PREFLIGHT_HINTS = (  # for a missing interpreter, for a failed import
+    "create it with 'pyctl train setup -i INVENTORY', or name another interpreter with torch "
+    "(--python, or the train_python host variable)",
+    "run 'pyctl train setup -i INVENTORY', or point --python at an environment with torch",
+)
 _LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 _PAYLOAD_ONLY = ("dataset", "data_path", "epochs", "batch_size", "lr", "threads")
 

@@ -86,7 +86,7 @@ def _args(job: DdpJob, job_id: str, *, with_counts: bool) -> list[str]:
 
 
 def _common(job: DdpJob, job_id: str) -> dict[str, Any]:
-    from pyctl.train.backends.kueue import job_labels
+    from pyctl.train.kueue import job_labels
 
     r = job.request
     labels = {

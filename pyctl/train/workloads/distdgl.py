@@ -20,17 +20,18 @@ import ipaddress
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyctl.errors import UsageError
 from pyctl.inventory import Cluster, Host
-from pyctl.train.backends.podstart import DEFAULT_START_TIMEOUT_S
 from pyctl.train.request import (
     DEFAULT_CLAIM,
     DEFAULT_CLAIM_MOUNT,
     DEFAULT_NAMESPACE,
+    DEFAULT_START_TIMEOUT_S,
     MAX_SCRIPT_BYTES,
     absolute,
     check_at_least,
@@ -463,19 +464,31 @@ def ssh_launches(job: DistDglJob, job_id: str, project_dir: Path) -> list[Any]:
 # --- SSH preflight ---------------------------------------------------------------------------------------
 
 
-def preflight(job: DistDglJob, targets: list[Any], job_id: str) -> dict[str, str]:
-    """Log in to every host at once and check what the job needs: the interpreter (with --check-env, that
-    it imports dgl), the interface, the shared folder (writable, and the same folder on every host), and on
-    machine 0 the --graph-path file. Returns each host's dgl version (with --check-env) or ''. UsageError
-    (exit 2) names the host and the problem; nothing is started."""
+PREFLIGHT_MODULE = "dgl"  # what --check-env imports on every host
+PREFLIGHT_HINTS = (  # for a missing interpreter, for a failed import
+    "install payloads/distdgl/requirements.txt into a virtualenv on the hosts and name it "
+    "with --python or the distdgl_python host variable",
+    None,
+)
+
+
+def preflight_ifaces(job: DistDglJob) -> dict[str, str | None]:
+    """The interfaces the preflight checks: only --iface (without it launch.py takes the interface that
+    carries the host's address)."""
+    iface = job.request.iface
+    return {h.name: iface for h in job.hosts} if iface else {}
+
+
+def host_checks(job: DistDglJob) -> Callable[[int, Any, Any], None]:
+    """The SSH preflight's DistDGL checks on each host (index, target, connection): the shared folder
+    exists and is writable; on machine 0, the --graph-path file is there."""
     from pyctl import remote
-    from pyctl.train.backends import sshjob
 
     q = remote.quote
     share = job.shared_path
     graph_path = job.request.graph_path
 
-    def shared_folder_and_graph(index: int, target: Any, conn: Any) -> None:
+    def check(index: int, target: Any, conn: Any) -> None:
         code, _ = remote.run(conn, f"test -d {q([share])} && test -w {q([share])}", timeout=30)
         if code != 0:
             raise UsageError(
@@ -491,28 +504,12 @@ def preflight(job: DistDglJob, targets: list[Any], job_id: str) -> dict[str, str
                     hint="put the graph file on the shared folder and give its path there",
                 )
 
-    iface = job.request.iface  # without --iface, launch.py takes the interface that carries the address
-    results = sshjob.preflight(
-        targets,
-        pythons(job),
-        {h.name: iface for h in job.hosts} if iface else {},
-        job.request.check_env,
-        job.env,
-        module="dgl",
-        hints=(
-            "install payloads/distdgl/requirements.txt into a virtualenv on the hosts and name it "
-            "with --python or the distdgl_python host variable",
-            None,
-        ),
-        extra=shared_folder_and_graph,
-    )
-    if len(targets) > 1:
-        _check_shared(targets, share, job_id)
-    return results
+    return check
 
 
-def _check_shared(targets: list[Any], share: str, job_id: str) -> None:
-    """Machine 0 writes a token into the shared folder; every other host must read it back."""
+def check_shared(targets: list[Any], share: str, job_id: str) -> None:
+    """After the per-host checks, with more than one host: machine 0 writes a token into the shared
+    folder; every other host must read it back (the folder is really shared)."""
     from pyctl import remote
 
     q = remote.quote
@@ -554,7 +551,7 @@ def render_k8s(job: DistDglJob, job_id: str) -> dict[str, str]:
     """The manifests for `job`, by name (file stem): what `--render` writes and what is submitted. The
     ConfigMap is called "configmap" so the Kubernetes client owns it to the Job (removed with it)."""
     from pyctl.render import render
-    from pyctl.train.backends import kueue
+    from pyctl.train import kueue
     from pyctl.train.workloads.ddp_manifests import (
         COMPLETION_INDEX_ANNOTATION,
         PER_INDEX_SINCE,
