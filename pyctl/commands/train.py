@@ -54,9 +54,7 @@ def run_distdgl(request: Any, render_dir: Path | None = None, follow: bool = Fal
     module = _backend_module(request.backend)
     if render_dir is not None:
         _check_render_dir(render_dir)
-        if request.backend == "ssh":
-            return _write_render(render_dir, module.render_distdgl(job, job_id, settings.project_dir))
-        return _write_render(render_dir, module.render_distdgl(job, job_id))
+        return _write_render(render_dir, module.render_distdgl(job, job_id, settings.project_dir))
     return _start(settings, module.prepare_distdgl(settings, cluster, job, job_id), follow)
 
 

@@ -35,7 +35,9 @@ def render_ddp(job: ddp.DdpJob, job_id: str) -> dict[str, str]:
     return {f"{name}.yaml": text for name, text in ddp_manifests.render_ddp(job, job_id).items()}
 
 
-def render_distdgl(job: distdgl.DistDglJob, job_id: str) -> dict[str, str]:
+def render_distdgl(job: distdgl.DistDglJob, job_id: str, project_dir: Path) -> dict[str, str]:
+    """`--render`: the manifests (the payload is in the image: `project_dir` is not read)."""
+    del project_dir
     return {f"{name}.yaml": text for name, text in distdgl.render_k8s(job, job_id).items()}
 
 
