@@ -18,6 +18,7 @@ started by one `launch/<rank>-<host>.json` (SSH) or one pod (Kubernetes).
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -133,12 +134,15 @@ class K8sInfo:
             "kind": self.kind,
             "name": self.name,
         }
-        data.update({key: getattr(self, key) for key in self._OPTIONAL if key not in self.extra})
+        data.update({key: getattr(self, key) for key in self._OPTIONAL})
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> K8sInfo:
         known = {"kubeconfig", "namespace", "name", "kind", *cls._OPTIONAL}
+        missing = [key for key in ("kubeconfig", "namespace", "name") if key not in data]
+        if missing:
+            raise ValueError(f'its "k8s" object lacks {", ".join(missing)}')
         return cls(
             kubeconfig=str(data["kubeconfig"]),
             namespace=str(data["namespace"]),
@@ -179,7 +183,7 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The `job.json` format: "ssh" and "k8s" are objects, `{}` for the other backend."""
-        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        data = {f: copy.deepcopy(getattr(self, f)) for f in self.__dataclass_fields__}
         data["nodes"] = [asdict(n) for n in self.nodes]
         data["ssh"] = self.ssh.to_dict() if self.ssh else {}
         data["k8s"] = self.k8s.to_dict() if self.k8s else {}

@@ -149,3 +149,15 @@ def test_a_record_built_with_dicts_is_typed_as_one_read_from_disk():
     built = JobRecord(id="j", workload="ddp", backend="k8s", created=1.0, k8s=dict(OLD_K8S_DDP["k8s"]))
     assert built.k8s == K8sInfo.from_dict(OLD_K8S_DDP["k8s"])
     assert built.ssh is None and built.to_dict()["ssh"] == {}
+
+
+def test_a_k8s_object_without_its_names_is_one_usage_error_not_a_traceback(state_dir):
+    from pyctl.errors import UsageError
+
+    store = JobStore(load_settings())
+    broken = {**OLD_K8S_DDP, "k8s": {"namespace": "default"}}
+    folder = store.dir(broken["id"])
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(broken), encoding="utf-8")
+    with pytest.raises(UsageError, match=r'cannot be read: its "k8s" object lacks kubeconfig, name'):
+        store.load(broken["id"])
