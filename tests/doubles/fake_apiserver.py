@@ -1947,6 +1947,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["openapi", "v3"]:
+            self._send(200, _openapi_v3("/".join(parts[2:])))
+            return
         if parts == ["version"]:
             self._send(200, VERSION)
             return
@@ -2170,6 +2173,46 @@ def _as_version(obj: dict[str, Any], res: Resource, version: str) -> dict[str, A
     if res.group and version != res.version:
         out["apiVersion"] = f"{res.group}/{version}"
     return out
+
+
+def _openapi_v3(group_version: str) -> dict[str, Any]:
+    """/openapi/v3: the index of group-versions, and per group-version the PATCH operations with the
+    fieldValidation parameter, which is what kubectl reads to send fieldValidation=Strict instead of
+    validating on the client. The schemas themselves are not served (the double validates)."""
+    versions = {
+        ("api/v1" if not r.group else f"apis/{r.group}/{v}"): (r.group, v)
+        for r in RESOURCES
+        for v in (r.version, *r.served_versions)
+    }
+    if not group_version:
+        return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=0"} for gv in versions}}
+    if group_version not in versions:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    group, version = versions[group_version]
+    paths = {}
+    for res in RESOURCES:
+        if res.group != group or version not in (res.version, *res.served_versions):
+            continue
+        where = (
+            f"/{group_version}/namespaces/{{namespace}}/{res.plural}"
+            if res.namespaced
+            else f"/{group_version}/{res.plural}"
+        )
+        gvk = {"group": res.group, "version": version, "kind": res.kind}
+        parameters = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "uniqueItems": True}]
+        operation = {
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK"}},
+        }
+        paths[f"{where}/{{name}}"] = {"patch": operation, "put": operation}
+        paths[where] = {"post": operation}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _group_list() -> dict[str, Any]:

@@ -7,6 +7,9 @@ Kueue holding a job, `pyctl status`. No root, no lab: seconds.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -55,8 +58,12 @@ def test_the_real_client_gets_the_api_servers_answers(api):
     api_client, core, _ = _clients(api)
     assert [n.metadata.name for n in core.list_node().items] == ["n1", "n2"]
     assert core.list_node(label_selector="kubernetes.io/hostname in (n2)").items[0].status.allocatable == {
-        "cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi", "nvidia.com/gpu": "1",
-    }  # fmt: skip
+        "cpu": "2",
+        "memory": "8Gi",
+        "pods": "110",
+        "ephemeral-storage": "50Gi",
+        "nvidia.com/gpu": "1",
+    }
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"app": "x"}}}
     created = core.create_namespaced_config_map("default", body)
     assert created.metadata.uid and int(created.metadata.resource_version) > 0
@@ -81,7 +88,10 @@ def test_the_real_client_gets_the_api_servers_answers(api):
     assert strict.value.status == 400
     assert 'strict decoding error: unknown field "metadata.colour"' in json.loads(strict.value.body)["message"]
     assert configmaps.create(body=unknown, namespace="default").metadata.name == "c"  # Warn: dropped
-    assert api.warnings == ['unknown field "metadata.colour"'] and "colour" not in api.get("", "configmaps", "c")["metadata"]  # fmt: skip
+    assert (
+        api.warnings == ['unknown field "metadata.colour"']
+        and "colour" not in api.get("", "configmaps", "c")["metadata"]
+    )
     jobs = DynamicClient(api_client).resources.get(api_version="batch/v1", kind="Job")
     invalid = _job("bad")
     del invalid["spec"]["template"]["spec"]["containers"]
@@ -134,9 +144,13 @@ def test_patches_deletes_and_the_garbage_collector(api):
     assert patched["metadata"]["labels"] == {"a": "b"}
     with pytest.raises(ApiException) as strategic:
         custom.patch_cluster_custom_object(
-            "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", "rt", {"metadata": {}},
+            "trainer.kubeflow.org",
+            "v1alpha1",
+            "clustertrainingruntimes",
+            "rt",
+            {"metadata": {}},
             _content_type="application/strategic-merge-patch+json",
-        )  # fmt: skip
+        )
     assert strategic.value.status == 415
     # Foreground: the Job stays, marked, until the collector removed its pods and the ConfigMap it owns.
     batch.delete_namespaced_job("gc", "default", propagation_policy="Foreground")
@@ -212,7 +226,9 @@ def test_an_image_that_cannot_be_pulled_is_reported_and_the_job_deleted(cli):
 
 def test_more_gpus_than_a_node_has_is_unschedulable(cli):
     api, inventory, run = cli
-    result = run(*_ddp(inventory, "--gpus-per-node", "2", "--image", "pyctl-ddp:cpu", "--follow", "--start-timeout", "3"))  # fmt: skip
+    result = run(
+        *_ddp(inventory, "--gpus-per-node", "2", "--image", "pyctl-ddp:cpu", "--follow", "--start-timeout", "3")
+    )
     assert result.returncode == 1, result
     assert "waiting: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in result.stderr, result
     assert "event FailedScheduling on" in result.stderr
@@ -283,6 +299,46 @@ def test_pyctl_status_reads_the_cluster_through_the_double(cli):
     overview = json.loads(result.stdout)
     assert overview["server"] == api.server
     assert [(n["name"], n["status"], n["gpus"], n["version"]) for n in overview["nodes"]] == [
-        ("cp1", "Ready", 0, "v1.36.0"), ("w1", "Ready", 1, "v1.36.0"), ("w2", "Ready", 1, "v1.36.0"),
-    ]  # fmt: skip
+        ("cp1", "Ready", 0, "v1.36.0"),
+        ("w1", "Ready", 1, "v1.36.0"),
+        ("w2", "Ready", 1, "v1.36.0"),
+    ]
     assert ("GET", "/api/v1/pods") in api.requests and ("GET", "/apis/apps/v1/daemonsets") in api.requests
+
+
+def _kubectl() -> Path:
+    """kubectl 1.36 as scripts/setup --dev installs it (Debian sid's build, in the venv's bin)."""
+    path = Path(sys.executable).parent / "kubectl"
+    version = (
+        subprocess.run([path, "version", "--client"], capture_output=True, text=True, check=False)
+        if path.is_file()
+        else None
+    )
+    if version is None or "Client Version: v1.36." not in version.stdout:
+        reason = f"kubectl 1.36 is not at {path}: run scripts/setup --dev"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def test_the_real_kubectl_reads_and_applies_through_the_double(api, tmp_path):
+    kubectl = [str(_kubectl()), "--kubeconfig", str(api.kubeconfig)]
+    nodes = subprocess.run([*kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True, check=False)
+    assert (nodes.returncode, nodes.stdout.split()) == (0, ["node/n1", "node/n2"]), nodes.stderr
+    manifest = tmp_path / "objects.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\ndata:\n  a: b\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  labelz: {}\n"
+    )
+    applied = subprocess.run([*kubectl, "apply", "-f", str(manifest)], capture_output=True, text=True, check=False)
+    assert applied.returncode == 1 and applied.stdout.strip() == "configmap/hello created", applied
+    assert applied.stderr.strip() == (
+        f'Error from server (BadRequest): error when creating "{manifest}": ConfigMap in version "v1" cannot be '
+        'handled as a ConfigMap: strict decoding error: unknown field "metadata.labelz"'
+    )
+    assert api.get("", "configmaps", "hello")["data"] == {"a": "b"} and api.get("", "configmaps", "typo") is None
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\ndata:\n  a: c\n")
+    again = subprocess.run([*kubectl, "apply", "-f", str(manifest)], capture_output=True, text=True, check=False)
+    assert (again.returncode, again.stdout.strip()) == (0, "configmap/hello configured"), again
+    assert api.get("", "configmaps", "hello")["data"] == {"a": "c"}
