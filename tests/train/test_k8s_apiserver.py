@@ -129,7 +129,7 @@ def test_a_queued_job_waits_for_quota_then_kueue_admits_it_whole(k8s_lab):
     reader.join(timeout=10)
     text = "".join(stderr)
     assert process.returncode == 0, f"{stdout[-3000:]}\n{text}"
-    assert "admitted by Kueue in queue team-a (ClusterQueue cq); starting" in text
+    assert "pyctl train: admitted; 2 pod(s) active" in text  # the Job unsuspended by Kueue
     assert "PYCTL_SUMMARY" in stdout
 
 
