@@ -342,3 +342,22 @@ def test_the_real_kubectl_reads_and_applies_through_the_double(api, tmp_path):
     again = subprocess.run([*kubectl, "apply", "-f", str(manifest)], capture_output=True, text=True, check=False)
     assert (again.returncode, again.stdout.strip()) == (0, "configmap/hello configured"), again
     assert api.get("", "configmaps", "hello")["data"] == {"a": "c"}
+
+
+def test_a_trainjob_and_pyctls_runtime_are_validated_stored_and_cancelled(cli):
+    """Kubeflow Trainer v2.3.0 kinds: created with fieldValidation=Strict against the pinned CRDs; the
+    double has no Trainer controller, so the TrainJob runs no pod (its status says so)."""
+    api, inventory, run = cli
+    result = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime"))
+    assert result.returncode == 0, result
+    job_id = result.stdout.strip()
+    assert api.get("trainer.kubeflow.org", "clustertrainingruntimes", "pyctl-torch") is not None
+    trainjob = api.get("trainer.kubeflow.org", "trainjobs", job_id)
+    assert trainjob["spec"]["runtimeRef"]["name"] == "pyctl-torch"
+    assert ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs") in api.requests
+    again = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime"))  # the runtime exists: merge-patched
+    assert again.returncode == 0, again
+    assert json.loads(run("train", "status", job_id, "--json").stdout)["state"] == "running"
+    assert run("train", "cancel", job_id).returncode == 0
+    assert api.get("trainer.kubeflow.org", "trainjobs", job_id) is None
+    assert api.warnings == []
