@@ -529,6 +529,7 @@ class _JobRun:
     ended_own: set[int] = field(default_factory=set)  # indexes whose process ended by itself
     stopped: bool = False
     blocked: bool = False  # a pod could not be scheduled, pulled or mounted: nothing runs
+    standalone: bool = False  # a pod without a Job
 
 
 class _Standin(KubeletStandin):
@@ -1346,6 +1347,8 @@ class ApiServerDouble:
     # -- the Job controller and the pods ---------------------------------------------------------------
 
     def _after_write(self, res: Resource, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if res.plural == "pods" and old is None and not obj["metadata"].get("ownerReferences"):
+            self._start_pod(obj)
         if res.plural == "jobs":
             labels = obj["metadata"].get("labels") or {}
             if old is None and QUEUE_LABEL in labels:
@@ -1445,6 +1448,24 @@ class ApiServerDouble:
         self._job_status(job, active=completions, startTime=now(), ready=0, terminating=0)
         blocked = [self._schedule(job, run, index) for index in range(completions)]
         if any(blocked):
+            run.blocked = True
+            return
+        self._run_pods(job, run)
+
+    def _start_pod(self, pod: dict[str, Any]) -> None:
+        """A pod of its own (no controller: pyctl train fetch's): scheduled, pulled and run like a Job's
+        pod, on the first node, through the kubelet stand-in as a one-index job."""
+        meta = pod["metadata"]
+        run = _JobRun(job_key=("", "pods", meta["namespace"], meta["name"]), standalone=True)
+        run.pods[0] = meta["name"]
+        self.runs[meta["uid"]] = run
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+            "spec": {"completionMode": "Indexed", "completions": 1, "template": {"spec": pod["spec"]}},
+        }
+        if self._schedule(job, run, 0):
             run.blocked = True
             return
         self._run_pods(job, run)
@@ -1597,13 +1618,13 @@ class ApiServerDouble:
         run = self._run_of(pod)
         if run is None or run.standin is None:
             return None
-        index = int(pod["metadata"]["annotations"][INDEX_KEY])
+        index = int((pod["metadata"].get("annotations") or {}).get(INDEX_KEY, "0"))
         standin_pod = run.standin.pods[index]
         return standin_pod if standin_pod.process is not None and standin_pod.process.poll() is None else None
 
     def _run_of(self, pod: dict[str, Any]) -> _JobRun | None:
         owner = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("kind") == "Job"), None)
-        return self.runs.get(owner["uid"]) if owner else None
+        return self.runs.get(owner["uid"] if owner else pod["metadata"]["uid"])
 
     def _stop_pod(self, pod: dict[str, Any]) -> None:
         standin_pod = self._process_of(pod)
@@ -1650,7 +1671,13 @@ class ApiServerDouble:
                 self._sync_pod(pod, standin_pod, run)
                 if pod["metadata"].get("deletionTimestamp") and self._process_of(pod) is None:
                     self._remove(pod_res, pod)
-            if job is None or not finished or (job.get("status") or {}).get("completionTime") or _job_final(job):
+            if (
+                run.standalone
+                or job is None
+                or not finished
+                or (job.get("status") or {}).get("completionTime")
+                or _job_final(job)
+            ):
                 continue
             outcome = run.standin.outcome if not run.stopped else "failed"
             stamp = now()
@@ -1788,7 +1815,7 @@ class ApiServerDouble:
             if container not in names:
                 raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
             run = self._run_of(pod)
-            index = int(pod["metadata"]["annotations"].get(INDEX_KEY, 0))
+            index = int((pod["metadata"].get("annotations") or {}).get(INDEX_KEY, "0"))
             standin_pod = run.standin.pods[index] if run is not None and run.standin is not None else None
             if standin_pod is None or standin_pod.process is None:
                 waiting = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting") or {}

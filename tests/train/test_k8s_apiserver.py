@@ -76,6 +76,17 @@ def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab):
     assert k8s_lab.api.warnings == [], "pyctl sent a field the 1.36 schema does not know"
 
 
+def test_fetch_reads_the_finished_jobs_results_through_a_pod(k8s_lab, tmp_path):
+    """`pyctl train fetch` runs a pod of its own on the claim (the double runs it like a Job's pod)."""
+    result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "1", "--follow"))
+    assert result.returncode == 0, result
+    job_id = _job_id(result.stderr)
+    fetched = k8s_lab.pyctl("train", "fetch", job_id, str(tmp_path / "out"))
+    assert fetched.returncode == 0, fetched
+    assert (tmp_path / "out" / "checkpoint.pt").is_file(), fetched
+    assert k8s_lab.api.list("", "pods", selector=f"pyctl.io/fetch-of={job_id}") == [], "the fetch pod is deleted"
+
+
 def test_cancel_stops_a_running_job_pods_and_processes(k8s_lab):
     result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "100000"))
     assert result.returncode == 0, result
