@@ -76,6 +76,21 @@ def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab):
     assert k8s_lab.api.warnings == [], "pyctl sent a field the 1.36 schema does not know"
 
 
+def test_a_failing_node_fails_the_job_and_pyctl_names_it(k8s_lab):
+    """Rank 1 dies in epoch 1 (the payload's fault hook): pod 1 fails, the Job fails by its
+    podFailurePolicy, pod 0 is stopped and deleted, and pyctl names node 1 and its exit code."""
+    result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "2", "--env", "PYCTL_DDP_FAIL_AT=1:2:1", "--follow"))
+    assert result.returncode == 1, result
+    job_id = _job_id(result.stderr)
+    job = k8s_lab.api.get("batch", "jobs", job_id)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodFailurePolicy" and "matching FailJob rule" in failed["message"]
+    pods = k8s_lab.api.list("", "pods", selector=f"job-name={job_id}")
+    assert [p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods] == ["1"], pods
+    assert f"job {job_id} failed: the Job failed: PodFailurePolicy: " in result.stderr
+    assert "(node 1 exited with 1)" in result.stderr, result
+
+
 def test_fetch_reads_the_finished_jobs_results_through_a_pod(k8s_lab, tmp_path):
     """`pyctl train fetch` runs a pod of its own on the claim (the double runs it like a Job's pod)."""
     result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "1", "--follow"))
