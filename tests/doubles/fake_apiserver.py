@@ -2045,11 +2045,16 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.api
         ns = namespace or ""
         with api.lock:
+            table = "as=Table" in (self.headers.get("Accept") or "")
             if method == "GET" and name is None:
-                self._send(200, self._listing(res, version, namespace, query))
+                listing = self._listing(res, version, namespace, query)
+                self._send(200, _table(res, listing["items"], listing["metadata"]) if table else listing)
                 return
             if method == "GET":
-                self._send(200, _as_version(api.read(res, ns, name), res, version))
+                obj = _as_version(api.read(res, ns, name), res, version)
+                self._send(
+                    200, _table(res, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]}) if table else obj
+                )
                 return
             if method == "POST" and name is None:
                 obj, warnings = api.create(res, ns, _parse(body, res), query)
@@ -2200,6 +2205,101 @@ def _as_version(obj: dict[str, Any], res: Resource, version: str) -> dict[str, A
     if res.group and version != res.version:
         out["apiVersion"] = f"{res.group}/{version}"
     return out
+
+
+def _age(stamp: str | None) -> str:
+    """kubectl's HumanDuration (k8s.io/apimachinery/pkg/util/duration) of the time since `stamp`."""
+    if not stamp:
+        return "<unknown>"
+    then = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    seconds = max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds()))
+    minutes, hours = seconds // 60, seconds // 3600
+    if seconds < 120:
+        return f"{seconds}s"
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    return f"{hours}h" if hours < 48 else f"{hours // 24}d"
+
+
+def _cells(res: Resource, obj: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """The columns and cells the API server's table printers give (pkg/printers/internalversion)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    age = _age(meta.get("creationTimestamp"))
+    if res.kind == "Node":
+        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
+        roles = (
+            ",".join(
+                sorted(k.split("/", 1)[1] for k in meta.get("labels", {}) if k.startswith("node-role.kubernetes.io/"))
+            )
+            or "<none>"
+        )
+        cells = [
+            meta["name"],
+            "Ready" if ready == "True" else "NotReady",
+            roles,
+            age,
+            status.get("nodeInfo", {}).get("kubeletVersion", ""),
+        ]
+        return ["Name", "Status", "Roles", "Age", "Version"], cells
+    if res.kind == "Pod":
+        containers = status.get("containerStatuses") or []
+        ready = f"{sum(1 for c in containers if c.get('ready'))}/{len(obj['spec']['containers'])}"
+        waiting = next((c["state"]["waiting"]["reason"] for c in containers if "waiting" in c.get("state", {})), None)
+        terminated = next(
+            (c["state"]["terminated"]["reason"] for c in containers if "terminated" in c.get("state", {})), None
+        )
+        return ["Name", "Ready", "Status", "Restarts", "Age"], [
+            meta["name"],
+            ready,
+            waiting or terminated or status.get("phase", ""),
+            0,
+            age,
+        ]
+    if res.kind == "Job":
+        conditions = {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
+        state = (
+            "Complete"
+            if "Complete" in conditions
+            else "Failed"
+            if "Failed" in conditions
+            else "Suspended"
+            if obj["spec"].get("suspend")
+            else "Running"
+        )
+        completions = f"{status.get('succeeded', 0)}/{obj['spec'].get('completions', 1)}"
+        return ["Name", "Status", "Completions", "Age"], [meta["name"], state, completions, age]
+    return ["Name", "Age"], [meta["name"], age]
+
+
+def _table(res: Resource, items: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table (server-side printing, what kubectl get asks for)."""
+    columns = _cells(res, {"metadata": {"name": ""}, "spec": {"containers": []}})[0]
+    rows = []
+    for obj in items:
+        columns, cells = _cells(res, obj)
+        partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+        rows.append({"cells": cells, "object": partial})
+    definitions = [
+        {
+            "name": c,
+            "type": "integer" if c == "Restarts" else "string",
+            "format": "name" if c == "Name" else "",
+            "description": "",
+            "priority": 0,
+        }
+        for c in columns
+    ]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }
 
 
 def _openapi_v3(group_version: str) -> dict[str, Any]:

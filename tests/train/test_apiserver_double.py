@@ -326,6 +326,12 @@ def test_the_real_kubectl_reads_and_applies_through_the_double(api, tmp_path):
     kubectl = [str(_kubectl()), "--kubeconfig", str(api.kubeconfig)]
     nodes = subprocess.run([*kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True, check=False)
     assert (nodes.returncode, nodes.stdout.split()) == (0, ["node/n1", "node/n2"]), nodes.stderr
+    table = subprocess.run([*kubectl, "get", "nodes"], capture_output=True, text=True, check=False)
+    assert [line.split() for line in table.stdout.splitlines()] == [
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        ["n1", "Ready", "<none>", table.stdout.split()[8], "v1.36.0"],
+        ["n2", "Ready", "<none>", table.stdout.split()[13], "v1.36.0"],
+    ], table.stderr
     manifest = tmp_path / "objects.yaml"
     manifest.write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\ndata:\n  a: b\n---\n"
