@@ -119,6 +119,18 @@ def test_a_watch_streams_changes_after_a_resource_version(api):
     assert seen == [("ADDED", "w", "1"), ("MODIFIED", "w", "2"), ("DELETED", "w", "2")]
 
 
+def test_a_watch_from_a_version_older_than_the_history_is_expired(tmp_path):
+    with ApiServerDouble(tmp_path / "api", history=5) as api:
+        _, core, _ = _clients(api)
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c0"}}
+        first = core.create_namespaced_config_map("default", body).metadata.resource_version
+        for i in range(1, 10):
+            core.create_namespaced_config_map("default", {**body, "metadata": {"name": f"c{i}"}})
+        with pytest.raises(ApiException) as expired:
+            next(iter(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=first)))
+        assert expired.value.status == 410 and "too old resource version" in str(expired.value)
+
+
 def test_patches_deletes_and_the_garbage_collector(api):
     api_client, core, batch = _clients(api)
     custom = client.CustomObjectsApi(api_client)
