@@ -57,7 +57,7 @@ def _job_id(stderr: str) -> str:
     return next(line.split()[3] for line in stderr.splitlines() if " submitted: " in line)
 
 
-def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab):
+def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab, tmp_path):
     result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "4", "--follow"))
     assert result.returncode == 0, result
     job_id = _job_id(result.stderr)
@@ -74,6 +74,11 @@ def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab):
     logs = k8s_lab.pyctl("train", "logs", job_id)  # the pod that ended by itself keeps its log
     assert "[node 0] PYCTL_SUMMARY " in logs.stdout, logs
     assert k8s_lab.api.warnings == [], "pyctl sent a field the 1.36 schema does not know"
+    # `pyctl train fetch` runs a pod of its own on the claim (the double runs it like a Job's pod).
+    fetched = k8s_lab.pyctl("train", "fetch", job_id, str(tmp_path / "out"))
+    assert fetched.returncode == 0, fetched
+    assert (tmp_path / "out" / "checkpoint.pt").is_file(), fetched
+    assert k8s_lab.api.list("", "pods", selector=f"pyctl.io/fetch-of={job_id}") == [], "the fetch pod is deleted"
 
 
 def test_a_failing_node_fails_the_job_and_pyctl_names_it(k8s_lab):
@@ -89,17 +94,6 @@ def test_a_failing_node_fails_the_job_and_pyctl_names_it(k8s_lab):
     assert [p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods] == ["1"], pods
     assert f"job {job_id} failed: the Job failed: PodFailurePolicy: " in result.stderr
     assert "(node 1 exited with 1)" in result.stderr, result
-
-
-def test_fetch_reads_the_finished_jobs_results_through_a_pod(k8s_lab, tmp_path):
-    """`pyctl train fetch` runs a pod of its own on the claim (the double runs it like a Job's pod)."""
-    result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "1", "--follow"))
-    assert result.returncode == 0, result
-    job_id = _job_id(result.stderr)
-    fetched = k8s_lab.pyctl("train", "fetch", job_id, str(tmp_path / "out"))
-    assert fetched.returncode == 0, fetched
-    assert (tmp_path / "out" / "checkpoint.pt").is_file(), fetched
-    assert k8s_lab.api.list("", "pods", selector=f"pyctl.io/fetch-of={job_id}") == [], "the fetch pod is deleted"
 
 
 def test_cancel_stops_a_running_job_pods_and_processes(k8s_lab):
