@@ -48,9 +48,11 @@ Controllers, modelled on what pyctl relies on:
   unsuspended) when its ClusterQueue's quota ("pods", "cpu", "nvidia.com/gpu") holds every pod,
   otherwise held with Kueue's message; a missing LocalQueue holds it with "LocalQueue Q doesn't exist";
   quota is given back when a job finishes or goes, and held workloads are tried again.
-Not modelled: TrainJob/PyTorchJob controllers (TrainJobs are stored, validated and suspended or not,
-but get no pods; kubeflow.org PyTorchJobs are not served: 404, as without the training operator),
-RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning.
+- Kubeflow Trainer v2.3.0's torch runtime: a TrainJob on a ClusterTrainingRuntime becomes the runtime's
+  "node" Job with the TrainJob's patches and trainer, PET_* injected, pods `<job>-node-0-<i>` labelled
+  jobset.sigs.k8s.io/jobset-name; its Complete/Failed conditions follow the Job's (no JobSet object).
+Not modelled: kubeflow.org PyTorchJobs (not served: 404, as without the training operator), Kueue for
+TrainJobs, RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning.
 """
 
 from __future__ import annotations
@@ -1361,20 +1363,110 @@ class ApiServerDouble:
                 return
             if obj["metadata"]["uid"] not in self.runs and not obj["metadata"].get("deletionTimestamp"):
                 self._start_job(obj)
-        elif res.plural == "trainjobs" and old is None:
+        elif res.plural == "trainjobs" and (
+            old is None or bool(old["spec"].get("suspend")) != bool(obj["spec"].get("suspend"))
+        ):
             suspended = bool(obj["spec"].get("suspend"))
-            obj["status"] = {
-                "conditions": [
-                    {
-                        "type": "Suspended",
-                        "status": "True" if suspended else "False",
-                        "reason": "Suspended" if suspended else "Resumed",
-                        "message": "TEST DOUBLE: no Trainer controller runs TrainJobs here",
-                        "lastTransitionTime": now(),
-                    }
-                ]
+            condition = {
+                "type": "Suspended",
+                "status": "True" if suspended else "False",
+                "reason": "Suspended" if suspended else "Resumed",
+                "message": "TrainJob is suspended" if suspended else "TrainJob is resumed",
+                "lastTransitionTime": now(),
             }
+            obj["status"] = {"conditions": [condition]}
             self._update(res, obj)
+            if not suspended:
+                self._start_trainjob(obj)
+
+    def _start_trainjob(self, trainjob: dict[str, Any]) -> None:
+        """Kubeflow Trainer v2.3.0's torch plugin, as far as pyctl relies on it: the runtime's replicated
+        Job "node" with the TrainJob's runtimePatches and trainer (image, command, args, env,
+        resourcesPerNode, numNodes), the PET_* variables injected, pods `<job>-node-0-<i>` under the
+        headless Service `<job>` and labelled jobset.sigs.k8s.io/jobset-name. The JobSet between the
+        TrainJob and its Job is left out: the Job is owned by the TrainJob directly."""
+        meta, spec = trainjob["metadata"], trainjob["spec"]
+        name, namespace = meta["name"], meta["namespace"]
+        runtime = self.objects[("trainer.kubeflow.org", "clustertrainingruntimes", "", spec["runtimeRef"]["name"])]
+        replicated = next(r for r in runtime["spec"]["template"]["spec"]["replicatedJobs"] if r["name"] == "node")
+        template = copy.deepcopy(replicated["template"])
+        for patch in spec.get("runtimePatches") or []:
+            for job_patch in (
+                ((patch.get("trainingRuntimeSpec") or {}).get("template") or {})
+                .get("spec", {})
+                .get("replicatedJobs", [])
+            ):
+                if job_patch.get("name") == "node":
+                    template = strategic_merge_patch(template, job_patch.get("template") or {})
+        trainer = spec.get("trainer") or {}
+        nodes = int(trainer.get("numNodes") or runtime["spec"].get("mlPolicy", {}).get("numNodes") or 1)
+        pod = template["spec"]["template"]
+        pod_spec = pod["spec"]
+        container = next(c for c in pod_spec["containers"] if c["name"] == "node")
+        for field_name in ("image", "command", "args"):
+            if trainer.get(field_name):
+                container[field_name] = trainer[field_name]
+        if trainer.get("resourcesPerNode"):
+            container["resources"] = trainer["resourcesPerNode"]
+        index = {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}
+        container["env"] = [
+            *(trainer.get("env") or []),
+            {"name": "PET_NNODES", "value": str(nodes)},
+            {"name": "PET_NPROC_PER_NODE", "value": str(trainer.get("numProcPerNode") or 1)},
+            {"name": "PET_NODE_RANK", "valueFrom": index},
+            {"name": "PET_MASTER_ADDR", "value": f"{name}-node-0-0.{name}"},
+            {"name": "PET_MASTER_PORT", "value": "29500"},
+        ]
+        pod_spec["subdomain"] = name
+        pod.setdefault("metadata", {}).setdefault("labels", {})["jobset.sigs.k8s.io/jobset-name"] = name
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": f"{name}-node-0",
+                "namespace": namespace,
+                "labels": {
+                    "jobset.sigs.k8s.io/jobset-name": name,
+                    **(template.get("metadata", {}).get("labels") or {}),
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": trainjob["apiVersion"],
+                        "kind": "TrainJob",
+                        "name": name,
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                **template["spec"],
+                "completionMode": "Indexed",
+                "completions": nodes,
+                "parallelism": nodes,
+                "template": pod,
+            },
+        }
+        jobs = self.resource("batch", "jobs")
+        self._put(jobs, job)
+        self._after_write(jobs, job, None)
+
+    def _trainjob_follows(self, job: dict[str, Any], conditions: list[dict[str, Any]]) -> None:
+        """The TrainJob's Complete or Failed condition, copied from its (JobSet's) Job."""
+        owner = next((r for r in job["metadata"].get("ownerReferences") or [] if r.get("kind") == "TrainJob"), None)
+        if owner is None:
+            return
+        trainjob = self.objects.get(("trainer.kubeflow.org", "trainjobs", job["metadata"]["namespace"], owner["name"]))
+        if trainjob is None:
+            return
+        final = [
+            {**c, "type": "Complete" if c["type"] == "Complete" else "Failed"}
+            for c in conditions
+            if c["type"] in ("Complete", "Failed")
+        ]
+        trainjob.setdefault("status", {})["conditions"] = [*trainjob["status"].get("conditions", []), *final]
+        self._update(self.resource("trainer.kubeflow.org", "trainjobs"), trainjob)
 
     def _job_status(self, job: dict[str, Any], **changes: Any) -> None:
         status = job.setdefault("status", {})
@@ -1549,6 +1641,11 @@ class ApiServerDouble:
             self.event(pod, "Warning", "Failed", "Error: ImagePullBackOff", "kubelet")
             return True
         self.event(pod, "Normal", "Pulled", f'Container image "{image}" already present on machine', "kubelet")
+        if not node.netns:
+            message = f"TEST DOUBLE: node {node.name} has no network namespace to run pods in (give NodeSpec.netns)"
+            self._waiting(pod, "ContainerCreating", "")
+            self.event(pod, "Warning", "FailedCreatePodSandBox", message, "kubelet")
+            return True
         return False
 
     def _waiting(self, pod: dict[str, Any], reason: str, message: str) -> None:
@@ -1744,6 +1841,7 @@ class ApiServerDouble:
                 *conditions,
             ]
             self._job_status(job, active=0, ready=0, **changes)
+            self._trainjob_follows(job, conditions)
             # The pods the controller stopped (not ended by themselves) are deleted, as the real one does.
             for standin_pod in run.standin.pods:
                 pod = self._pod(run, standin_pod.index)

@@ -364,18 +364,22 @@ def test_the_real_kubectl_reads_and_applies_through_the_double(api, tmp_path):
 
 def test_a_trainjob_and_pyctls_runtime_are_validated_stored_and_cancelled(cli):
     """Kubeflow Trainer v2.3.0 kinds: created with fieldValidation=Strict against the pinned CRDs; the
-    double has no Trainer controller, so the TrainJob runs no pod (its status says so)."""
+    TrainJob's node Job and pods are made (their image cannot be pulled here: nothing runs)."""
     api, inventory, run = cli
-    result = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime"))
+    image = ("--image", "registry.example.org/pyctl/ddp:missing")
+    result = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime", *image))
     assert result.returncode == 0, result
     job_id = result.stdout.strip()
     assert api.get("trainer.kubeflow.org", "clustertrainingruntimes", "pyctl-torch") is not None
     trainjob = api.get("trainer.kubeflow.org", "trainjobs", job_id)
     assert trainjob["spec"]["runtimeRef"]["name"] == "pyctl-torch"
     assert ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs") in api.requests
-    again = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime"))  # the runtime exists: merge-patched
+    pods = api.list("", "pods", selector=f"jobset.sigs.k8s.io/jobset-name={job_id}")
+    assert sorted(p["spec"]["hostname"] for p in pods) == [f"{job_id}-node-0-0", f"{job_id}-node-0-1"]
+    again = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime", *image))  # the runtime exists: merge-patched
     assert again.returncode == 0, again
     assert json.loads(run("train", "status", job_id, "--json").stdout)["state"] == "running"
     assert run("train", "cancel", job_id).returncode == 0
-    assert api.get("trainer.kubeflow.org", "trainjobs", job_id) is None
+    wait_for(lambda: api.get("trainer.kubeflow.org", "trainjobs", job_id) is None, 20, "the TrainJob to go")
+    assert api.list("", "pods", selector=f"jobset.sigs.k8s.io/jobset-name={job_id}") == []
     assert api.warnings == []

@@ -81,6 +81,19 @@ def test_ddp_follow_runs_to_a_finished_job_with_merged_logs(k8s_lab, tmp_path):
     assert k8s_lab.api.list("", "pods", selector=f"pyctl.io/fetch-of={job_id}") == [], "the fetch pod is deleted"
 
 
+def test_a_trainjob_on_pyctls_runtime_runs_to_its_accuracy(k8s_lab):
+    """--kind trainjob --with-runtime: the double's Trainer renders the runtime's node Job (PET_* injected,
+    master `<job>-node-0-0.<job>`), the pods train, the TrainJob completes and follow reads it."""
+    result = k8s_lab.pyctl(*k8s_lab.ddp("--epochs", "2", "--kind", "trainjob", "--with-runtime", "--follow"))
+    assert result.returncode == 0, result
+    job_id = _job_id(result.stderr)
+    assert f"[node 1] pyctl: node 0 ({job_id}-node-0-0.{job_id}:29500) is listening after" in result.stdout, result
+    assert result.summary["world_size"] == 2
+    assert f"job {job_id} succeeded: the TrainJob completed; test accuracy" in result.stderr
+    trainjob = k8s_lab.api.get("trainer.kubeflow.org", "trainjobs", job_id)
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in trainjob["status"]["conditions"])
+
+
 def test_a_failing_node_fails_the_job_and_pyctl_names_it(k8s_lab):
     """Rank 1 dies in epoch 1 (the payload's fault hook): pod 1 fails, the Job fails by its
     podFailurePolicy, pod 0 is stopped and deleted, and pyctl names node 1 and its exit code."""
