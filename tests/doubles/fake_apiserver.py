@@ -48,11 +48,18 @@ Controllers, modelled on what pyctl relies on:
   unsuspended) when its ClusterQueue's quota ("pods", "cpu", "nvidia.com/gpu") holds every pod,
   otherwise held with Kueue's message; a missing LocalQueue holds it with "LocalQueue Q doesn't exist";
   quota is given back when a job finishes or goes, and held workloads are tried again.
+- a pod of its own (no controller, as `pyctl train fetch` makes) runs the same way on the first node;
+- for kubectl: discovery (/api, /apis), /openapi/v3's index with the fieldValidation parameter of each
+  kind's PATCH (so kubectl 1.36 validates on the server), and meta.k8s.io/v1 Tables for `kubectl get`;
 - Kubeflow Trainer v2.3.0's torch runtime: a TrainJob on a ClusterTrainingRuntime becomes the runtime's
   "node" Job with the TrainJob's patches and trainer, PET_* injected, pods `<job>-node-0-<i>` labelled
   jobset.sigs.k8s.io/jobset-name; its Complete/Failed conditions follow the Job's (no JobSet object).
-Not modelled: kubeflow.org PyTorchJobs (not served: 404, as without the training operator), Kueue for
-TrainJobs, RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning.
+  Kueue manages TrainJobs the same way (its trainer.kubeflow.org/trainjob integration: one pod set).
+Use: `with ApiServerDouble(tmp, nodes=[NodeSpec(name, netns=..., address=...)], images={...},
+claims={...}) as api:` then `api.write_kubeconfig(state_dir / "clusters" / NAME / "admin.conf")`.
+Not modelled: kubeflow.org PyTorchJobs (not served: 404, as without the training operator), the JobSet
+object, RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning, managed
+fields of server-side apply, Table columns beyond nodes, pods and jobs.
 """
 
 from __future__ import annotations
@@ -801,6 +808,8 @@ class ApiServerDouble:
             self._pod_gone(obj)
         if res.plural == "jobs":
             self._job_gone(obj)
+        if res.plural in ("trainjobs", "workloads"):
+            self._admit_pending()  # its quota is free again
 
     def get(self, group: str, plural: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
         """An object as stored (a copy), or None: for tests."""
@@ -1203,18 +1212,25 @@ class ApiServerDouble:
     def _make_workload(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
         queue = meta["labels"][QUEUE_LABEL]
-        count = int(job["spec"].get("parallelism") or 1)
+        if job["kind"] == "TrainJob":  # Kueue's trainer.kubeflow.org/trainjob integration: one pod set
+            trainer = job["spec"].get("trainer") or {}
+            count = int(trainer.get("numNodes") or 1)
+            resources = trainer.get("resourcesPerNode") or {}
+            template = {"spec": {"containers": [{"name": "node", "resources": resources}]}}
+        else:
+            count = int(job["spec"].get("parallelism") or 1)
+            template = job["spec"]["template"]
         workload = {
             "apiVersion": "kueue.x-k8s.io/v1beta2",
             "kind": "Workload",
             "metadata": {
-                "name": f"job-{meta['name']}-{secrets.token_hex(3)[:5]}",
+                "name": f"{job['kind'].lower()}-{meta['name']}-{secrets.token_hex(3)[:5]}",
                 "namespace": meta["namespace"],
                 "labels": {JOB_UID_LABEL: meta["uid"]},
                 "ownerReferences": [
                     {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
+                        "apiVersion": job["apiVersion"],
+                        "kind": job["kind"],
                         "name": meta["name"],
                         "uid": meta["uid"],
                         "controller": True,
@@ -1222,10 +1238,7 @@ class ApiServerDouble:
                     }
                 ],
             },
-            "spec": {
-                "queueName": queue,
-                "podSets": [{"name": "main", "count": count, "template": job["spec"]["template"]}],
-            },
+            "spec": {"queueName": queue, "podSets": [{"name": "main", "count": count, "template": template}]},
             "status": {"conditions": []},
         }
         self._put(self.resource("kueue.x-k8s.io", "workloads"), workload)
@@ -1324,12 +1337,16 @@ class ApiServerDouble:
             ]
             self._update(res, workload)
             owner = workload["metadata"]["ownerReferences"][0]
-            job = self.objects.get(("batch", "jobs", workload["metadata"]["namespace"], owner["name"]))
+            trainjob = owner["kind"] == "TrainJob"
+            owner_res = (
+                self.resource("trainer.kubeflow.org", "trainjobs") if trainjob else self.resource("batch", "jobs")
+            )
+            job = self.objects.get(self._key(owner_res, workload["metadata"]["namespace"], owner["name"]))
             if job is not None and job["spec"].get("suspend"):
                 old = copy.deepcopy(job)
                 job["spec"]["suspend"] = False
-                self._update(self.resource("batch", "jobs"), job)
-                self._after_write(self.resource("batch", "jobs"), job, old)
+                self._update(owner_res, job)
+                self._after_write(owner_res, job, old)
 
     def _finish_workload(self, job: dict[str, Any], succeeded: bool) -> None:
         for workload in self._dependents(job["metadata"]["uid"]):
@@ -1363,6 +1380,21 @@ class ApiServerDouble:
                 return
             if obj["metadata"]["uid"] not in self.runs and not obj["metadata"].get("deletionTimestamp"):
                 self._start_job(obj)
+        elif res.plural == "trainjobs" and old is None and QUEUE_LABEL in (obj["metadata"].get("labels") or {}):
+            obj["spec"]["suspend"] = True  # Kueue's webhook suspends a TrainJob it manages
+            obj["status"] = {
+                "conditions": [
+                    {
+                        "type": "Suspended",
+                        "status": "True",
+                        "reason": "Suspended",
+                        "message": "TrainJob is suspended",
+                        "lastTransitionTime": now(),
+                    }
+                ]
+            }
+            self._update(res, obj)
+            self._make_workload(obj)
         elif res.plural == "trainjobs" and (
             old is None or bool(old["spec"].get("suspend")) != bool(obj["spec"].get("suspend"))
         ):
@@ -1467,6 +1499,7 @@ class ApiServerDouble:
         ]
         trainjob.setdefault("status", {})["conditions"] = [*trainjob["status"].get("conditions", []), *final]
         self._update(self.resource("trainer.kubeflow.org", "trainjobs"), trainjob)
+        self._finish_workload(trainjob, any(c["type"] == "Complete" for c in final))
 
     def _job_status(self, job: dict[str, Any], **changes: Any) -> None:
         status = job.setdefault("status", {})
@@ -1998,7 +2031,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Audit-Id", str(uuid.uuid4()))
         for warning in warnings or []:
-            self.send_header("Warning", f'299 - "{warning}"'.replace('""', '"'))
+            escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+            self.send_header("Warning", f'299 - "{escaped}"')
         self.end_headers()
         self.wfile.write(data)
 

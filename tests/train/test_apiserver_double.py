@@ -304,6 +304,22 @@ def test_kueue_holds_a_job_its_queue_has_no_quota_for(cli):
     assert [w["spec"]["queueName"] for w in api.list("kueue.x-k8s.io", "workloads")] == ["nope"]
 
 
+def test_kueue_holds_a_trainjob_then_admits_it_when_quota_frees(cli):
+    api, inventory, run = cli
+    image = ("--image", "registry.example.org/pyctl/ddp:missing")  # admitted pods stay Pending: nothing runs
+    result = run(*_ddp(inventory, "--kind", "trainjob", "--with-runtime", "--queue", "team-a", *image))
+    assert result.returncode == 0, result
+    job_id = result.stdout.strip()
+    record = json.loads(run("train", "status", job_id, "--json").stdout)
+    assert record["state"] == "queued" and "insufficient unused quota for pods" in record["message"], record
+    assert api.list("batch", "jobs") == []
+    api.set_quota("cq", {"pods": 2})
+    assert api.get("trainer.kubeflow.org", "trainjobs", job_id)["spec"]["suspend"] is False
+    assert len(api.list("", "pods", selector=f"jobset.sigs.k8s.io/jobset-name={job_id}")) == 2
+    record = json.loads(run("train", "status", job_id, "--json").stdout)
+    assert record["state"] == "running", record
+
+
 def test_pyctl_status_reads_the_cluster_through_the_double(cli):
     api, inventory, run = cli
     result = run("status", "-i", str(inventory), "--json")
