@@ -183,7 +183,8 @@ def test_gpu_job_requests_gpus_and_the_nvidia_runtime(tmp_path):
     _, documents = _render(tmp_path, "indexed-job-restarts-gpu")
     pod = yaml.safe_load(documents["job"])["spec"]["template"]["spec"]
     assert pod["runtimeClassName"] == "nvidia"
-    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    # A quantity string: kubernetes 37's typed client (pydantic) refuses an integer in resources.limits.
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["PET_RDZV_BACKEND"] == "c10d"
     assert "NCCL_SOCKET_IFNAME" not in env and "GLOO_SOCKET_IFNAME" not in env, "pods use their own interface"
