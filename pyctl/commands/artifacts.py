@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pyctl import console, inventory
@@ -10,7 +11,7 @@ from pyctl.errors import ExitCode
 from pyctl.k8s import artifacts
 
 
-def run(inventory_path: Path | None) -> int:
+def run(inventory_path: Path | None, as_json: bool = False) -> int:
     settings = load_settings()
     variables: dict = {}
     source = "role defaults"
@@ -18,6 +19,10 @@ def run(inventory_path: Path | None) -> int:
         cluster = inventory.load(inventory_path, cache_dir=settings.state_dir / "cache" / "inventory")
         variables = dict(cluster.control_plane.vars)
         source = str(cluster.path)
+    if as_json:
+        listing = artifacts.listing(settings.project_dir / "roles", variables, settings_from=source)
+        console.out().print_json(json.dumps(listing))
+        return ExitCode.OK
     found = artifacts.collect(settings.project_dir / "roles", variables)
     out = console.out()
     out.print(f"# everything pyctl bootstrap pulls ({len(found)} artifacts; settings from {source})", markup=False)
