@@ -72,7 +72,7 @@ MIRRORS = {
 }
 
 
-def converge(tmp_path: Path, mirrors: dict | None) -> tuple[dict, str]:
+def converge(tmp_path: Path, mirrors: dict | None, config_path: str = "") -> tuple[dict, str]:
     """Run the probe and registries.yml once; return the role's decision and ansible-playbook's output."""
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
@@ -80,7 +80,7 @@ def converge(tmp_path: Path, mirrors: dict | None) -> tuple[dict, str]:
         (out / "templates").symlink_to(ROLE / "templates")  # where the role's template lookups look, beside the play
     playbook = out / "registries.yml"
     playbook.write_text(PLAYBOOK.format(role=ROLE, out=out))
-    extra: dict = {"containerd_registry_config_path": str(tmp_path / "certs.d")}
+    extra: dict = {"containerd_registry_config_path": config_path or str(tmp_path / "certs.d")}
     if mirrors is not None:
         extra["mirrors_registries"] = mirrors
     env = dict(os.environ, ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"), ANSIBLE_LOCALHOST_WARNING="0")
@@ -116,7 +116,8 @@ def test_each_mirrored_registry_gets_exactly_its_hosts_toml_and_a_rerun_changes_
     assert (certs / "registry.k8s.io" / "hosts.toml").read_text() == REGISTRY_K8S_IO
     assert sorted(p.parent.name for p in certs.glob("*/hosts.toml")) == ["docker.io", "registry.k8s.io"]
 
-    again, output = converge(tmp_path, MIRRORS)
+    # The same directory written with a trailing slash is the same files: nothing stale, nothing to write.
+    again, output = converge(tmp_path, MIRRORS, config_path=f"{certs}/")
     assert again["write"] == [] and again["stale"] == [], again
     assert "changed=0" in output, output
 
