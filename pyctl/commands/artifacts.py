@@ -28,4 +28,13 @@ def run(inventory_path: Path | None, as_json: bool = False) -> int:
     out.print(f"# everything pyctl bootstrap pulls ({len(found)} artifacts; settings from {source})", markup=False)
     for line in artifacts.lines(found):
         out.print(line, markup=False, soft_wrap=True)
+    if any(variables.get(name) for name in artifacts.MIRROR_VARS):
+        listing = artifacts.listing(settings.project_dir / "roles", variables, settings_from=source)
+        for repository in listing["apt_repositories"]:
+            if repository["mirrored"]:
+                line = f"{repository['name']}: {repository['uri']} (upstream {repository['upstream']['uri']})"
+                out.print(f"{'mirror':<15} {line}", markup=False, soft_wrap=True)
+        registries = {i["registry"]: i["mirror"]["url"] for i in listing["images"] if i["mirror"]}
+        for registry, url in sorted(registries.items()):
+            out.print(f"{'mirror':<15} {registry}: {url} (containerd hosts.toml)", markup=False, soft_wrap=True)
     return ExitCode.OK

@@ -129,7 +129,7 @@ def lines(artifacts: list[Artifact]) -> list[str]:
 # --- pyctl bootstrap --list-artifacts --json ----------------------------------------------------------------------
 
 SCHEMA_VERSION = 1
-_MIRROR_VARS = ("mirrors_repositories", "mirrors_registries", "containerd_registry_mirrors")
+MIRROR_VARS = ("mirrors_repositories", "mirrors_registries", "containerd_registry_mirrors")
 _ARCHES = ("amd64", "arm64")
 
 
@@ -143,7 +143,7 @@ def listing(roles_dir: Path, inventory_vars: dict[str, Any] | None = None, setti
 
     variables = dict(inventory_vars or {})
     configured = collect(roles_dir, variables)
-    upstream_vars = {k: v for k, v in variables.items() if k not in _MIRROR_VARS}
+    upstream_vars = {k: v for k, v in variables.items() if k not in MIRROR_VARS}
     upstream = {(a.kind, a.name): a for a in collect(roles_dir, upstream_vars)}
     registry_setting = variables.get("containerd_registry_mirrors", variables.get("mirrors_registries"))
     try:

@@ -282,7 +282,22 @@ def test_the_text_listing_names_the_mirror_too(tmp_path, capsys, state_dir):
     path = write_inventory(tmp_path, {"mirrors_repositories": {"kubernetes": LAB_REPOSITORIES["kubernetes"]}})
     assert cli.main(["bootstrap", "--list-artifacts", "-i", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "http://10.0.0.1:8080/kubernetes/" in out and "pkgs.k8s.io/core" not in out
+    assert "package         kubeadm=1.36.5-1.1  (pkgs.k8s.io)" in out
+    assert (
+        "mirror          pkgs.k8s.io: http://10.0.0.1:8080/kubernetes/ "
+        "(upstream https://pkgs.k8s.io/core:/stable:/v1.36/deb/)" in out
+    )
+    assert "pkgs.k8s.io/core" not in out.replace("(upstream https://pkgs.k8s.io/core", "")
+
+
+def test_the_text_listing_names_each_registry_mirror(tmp_path, capsys, state_dir):
+    path = write_inventory(tmp_path, {"mirrors_registries": REGISTRIES})
+    assert cli.main(["bootstrap", "--list-artifacts", "-i", str(path)]) == 0
+    mirrors_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mirror ")]
+    assert mirrors_lines == [
+        "mirror          docker.io: https://mirror.example.internal (containerd hosts.toml)",
+        "mirror          registry.k8s.io: https://mirror.example.internal (containerd hosts.toml)",
+    ]
 
 
 def test_json_goes_only_with_list_artifacts(capsys, state_dir):
