@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require_root
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,3 +150,25 @@ def test_a_mirror_taken_out_removes_only_the_files_pyctl_wrote(tmp_path):
     decision, _ = converge(tmp_path, {})
     assert not (certs / "docker.io" / "hosts.toml").exists()
     assert foreign.exists()
+
+
+def test_the_role_refuses_a_bad_mirror_with_what_inventory_check_says():
+    import importlib.util
+
+    from ansible.errors import AnsibleFilterError
+
+    spec = importlib.util.spec_from_file_location(
+        "containerd_registries", ROLE / "filter_plugins" / "containerd_registries.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    hosts = module.FilterModule().filters()["containerd_registry_hosts"]
+    assert hosts({}, "/etc/containerd/certs.d") == {}
+    assert list(hosts({"ghcr.io": "https://m.example"}, "/etc/containerd/certs.d")) == [
+        "/etc/containerd/certs.d/ghcr.io/hosts.toml"
+    ]
+    with pytest.raises(
+        AnsibleFilterError, match=r"mirrors_registries\.docker\.io: 'mirror\.example' is not an http\(s\) URL"
+    ):
+        hosts({"docker.io": "mirror.example"}, "/etc/containerd/certs.d")
