@@ -109,12 +109,19 @@ def bootstrap(  # noqa: PLR0917 - typer passes options by keyword
             help="Print every package, image and manifest the bootstrap pulls (for offline mirrors); run nothing.",
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --list-artifacts: one JSON document (schema in the README).")
+    ] = False,
 ) -> None:
     """Take the hosts of an inventory to a cluster, phase by phase, with live progress."""
     if list_artifacts:
         from pyctl.commands.artifacts import run as list_run
 
-        raise typer.Exit(list_run(inventory))
+        raise typer.Exit(list_run(inventory, as_json))
+    if as_json:
+        from pyctl.errors import UsageError
+
+        raise UsageError("--json goes with --list-artifacts: pyctl bootstrap --list-artifacts --json [-i FILE]")
     if inventory is None:
         from pyctl.errors import UsageError
 

@@ -68,6 +68,7 @@ class Problem:
     message: str
     host: str | None = None
     line: int | None = None
+    group: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -75,6 +76,8 @@ class Problem:
             where.append(f"line {self.line}")
         if self.host:
             where.append(f"host {self.host}")
+        if self.group:
+            where.append(f"group {self.group}")
         where.append(self.field)
         return f"{': '.join(where)}: {self.message}"
 
@@ -266,6 +269,7 @@ def check(path: str | os.PathLike[str]) -> CheckResult:
     problems.extend(_group_problems(cluster, _all_group_names(hosts_vars), text))
     problems.extend(_address_problems(cluster))
     problems.extend(_settings_problems(cluster, lines.get("", {})))
+    problems.extend(_mirror_problems(all_vars, hosts_vars, lines))
     return CheckResult(source, cluster, problems)
 
 
@@ -583,6 +587,37 @@ def _settings_problems(cluster: Cluster, lines: dict[str, int]) -> list[Problem]
                 line=lines.get("nfs_export_path"),
             )
         )
+    return problems
+
+
+def _mirror_problems(
+    all_vars: dict[str, Any],
+    hosts_vars: dict[str, tuple[list[str], dict[str, Any]]],
+    lines: dict[str, dict[str, int]],
+) -> list[Problem]:
+    """The mirror settings (pyctl.mirrors): checked once for the `all` group, and again for each host whose
+    group_vars or host_vars give it other ones (that host is named)."""
+    from pyctl import mirrors
+
+    checks = (
+        (mirrors.REPOSITORIES_VAR, mirrors.repository_problems),
+        (mirrors.REGISTRIES_VAR, mirrors.registry_problems),
+        ("containerd_registry_mirrors", mirrors.registry_problems),
+    )
+    problems: list[Problem] = []
+    for variable, judge in checks:
+        shared = all_vars.get(variable)
+        if isinstance(shared, str) and "{{" in shared:
+            continue
+        for found in judge(shared):
+            problems.append(Problem(found.variable, found.message, line=lines.get("", {}).get(variable), group="all"))
+        for host, (_, hvars) in hosts_vars.items():
+            value = hvars.get(variable)
+            if variable not in hvars or value == shared or (isinstance(value, str) and "{{" in value):
+                continue
+            for found in judge(value):
+                line = lines.get(host, {}).get(variable)
+                problems.append(Problem(found.variable, found.message, host=host, line=line))
     return problems
 
 

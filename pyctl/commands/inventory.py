@@ -14,6 +14,7 @@ def problem_line(path: Path, problem: Problem) -> str:
     """`FILE:LINE: host H: field: message`, the shape compilers use, so editors can jump to it."""
     prefix = f"{path}:{problem.line}" if problem.line else f"{path}"
     where = [f"host {problem.host}"] if problem.host else []
+    where += [f"group {problem.group}"] if problem.group else []
     return ": ".join([prefix, *where, problem.field, problem.message])
 
 

@@ -276,7 +276,7 @@ def pod_problem(pod: Mapping[str, Any]) -> str | None:
         if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
             return (
                 f"{where} cannot pull image {container.get('image')} ({reason}: {_short(waiting.get('message'))}); "
-                "offline sites mirror it (pyctl bootstrap --list-artifacts)"
+                "offline sites mirror it (pyctl bootstrap --list-artifacts) and set mirrors_registries"
             )
         if reason in ("CreateContainerConfigError", "CreateContainerError", "RunContainerError"):
             message = _short(waiting.get("message"))

@@ -26,7 +26,13 @@ def specs(role: Path) -> dict:
 def table(role: Path) -> str:
     rows = ["| variable | type | default | description |", "| --- | --- | --- | --- |"]
     for name, spec in specs(role).items():
-        default = json.dumps(spec.get("default")) if "default" in spec else "(required)"
+        default = (
+            json.dumps(spec.get("default"))
+            if "default" in spec
+            else "(required)"
+            if spec.get("required")
+            else "(unset)"
+        )
         description = spec.get("description", "")
         if isinstance(description, list):
             description = " ".join(description)
