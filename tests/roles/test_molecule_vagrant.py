@@ -57,6 +57,12 @@ def _wait_for(what: str, condition, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def vagrant_modules() -> Path:
+    import molecule_plugins.vagrant
+
+    return Path(molecule_plugins.vagrant.__file__).parent / "modules"
+
+
 @dataclass
 class Libvirt:
     netns: str
@@ -142,6 +148,8 @@ def test_node_prep_vagrant_scenario_converges_idempotently_on_a_libvirt_vm(libvi
         VAGRANT_HOME=str(libvirt_in_netns.vagrant_home),
         PYCTL_VAGRANT_BOX_DEBIAN=local_box,
         PYCTL_VAGRANT_LIBVIRT_DRIVER="qemu",
+        # The driver's own `vagrant` module: Molecule 26 no longer puts a driver's modules on Ansible's path.
+        ANSIBLE_LIBRARY=str(vagrant_modules()),
         # Molecule's state and the Vagrantfile for this test only (its directory names the libvirt domains).
         MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / libvirt_in_netns.prefix),
         ANSIBLE_FORCE_COLOR="0",
