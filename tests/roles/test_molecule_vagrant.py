@@ -111,7 +111,7 @@ def libvirt_in_netns(tmp_path) -> Iterator[Libvirt]:
         shutil.rmtree(vagrant_home, ignore_errors=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        print(f"\nlibvirtd, QEMU, vagrant, Molecule and Ansible: {cpu:.0f} CPU-s in all (and the box, if made)")
+        print(f"\nlibvirtd, vagrant, Molecule, Ansible (and the box, if made): {cpu:.0f} CPU-s; not QEMU's")
 
 
 def _clean_libvirt(prefix: str) -> None:
@@ -192,7 +192,7 @@ def test_node_prep_vagrant_scenario_converges_idempotently_on_a_libvirt_vm(libvi
     print(
         f"\nmolecule test -s vagrant (node_prep, node1 under TCG): {time.monotonic() - start:.0f} s wall,"
         f" {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.0f} CPU-s in Molecule and Ansible"
-        " (QEMU's are libvirtd's)",
+        " (not QEMU's: libvirtd daemonizes it, so its CPU time is not counted here)",
         *recaps,
         sep="\n  ",
     )
