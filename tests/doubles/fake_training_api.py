@@ -74,6 +74,7 @@ class FakeTrainingApi:
         self.runtimes: set[str] = {"torch-distributed"}
         self.claims: dict[str, str] = {"pyctl-shared": "Bound"}  # claim -> phase
         self.reads = 0
+        self.field_validation: list[tuple[str, str | None]] = []  # (kind, fieldValidation) per create
         self.on_read: Callable[[int], None] | None = None
         self._api = ApiClient()
 
@@ -169,7 +170,8 @@ class FakeTrainingApi:
 
     # -- BatchV1Api --------------------------------------------------------------------------------
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> V1Job:
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any], field_validation: str | None = None) -> V1Job:
+        self.field_validation.append(("Job", field_validation))
         created = self._created("Job", body)
         return self._api._ApiClient__deserialize(copy.deepcopy(created), "V1Job")
 
@@ -187,10 +189,16 @@ class FakeTrainingApi:
 
     # -- CoreV1Api ---------------------------------------------------------------------------------
 
-    def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_service(
+        self, namespace: str, body: dict[str, Any], field_validation: str | None = None
+    ) -> None:
+        self.field_validation.append(("Service", field_validation))
         self._created("Service", body)
 
-    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_config_map(
+        self, namespace: str, body: dict[str, Any], field_validation: str | None = None
+    ) -> None:
+        self.field_validation.append(("ConfigMap", field_validation))
         self._created("ConfigMap", body)
 
     def patch_namespaced_config_map(self, name: str, namespace: str, body: dict[str, Any]) -> None:

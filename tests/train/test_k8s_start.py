@@ -214,7 +214,7 @@ class FakeApis:
             status=V1PersistentVolumeClaimStatus(phase=self.claim_phase),
         )
 
-    def create_namespaced_service(self, namespace, body):
+    def create_namespaced_service(self, namespace, body, field_validation=None):
         self.created.append(f"Service/{body['metadata']['name']}")
 
     def list_namespaced_pod(self, namespace, label_selector):
@@ -225,7 +225,7 @@ class FakeApis:
         return CoreV1EventList(items=[e for e in self.events if e.involved_object.name == name])
 
     # BatchV1Api
-    def create_namespaced_job(self, namespace, body):
+    def create_namespaced_job(self, namespace, body, field_validation=None):
         self.created.append(f"Job/{body['metadata']['name']}")
         return V1Job(metadata=V1ObjectMeta(name=body["metadata"]["name"], uid="0d3c5a1e"))
 

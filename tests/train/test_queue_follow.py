@@ -44,6 +44,10 @@ def test_a_queued_job_waits_for_admission_then_runs(tmp_path, case, kind):
     api = FakeTrainingApi()
     client = _client(api)
     client.submit(render_case(tmp_path, case), "default")
+    # Every object is created with fieldValidation=Strict: a server refuses an unknown field instead
+    # of dropping it with a warning (the 1.36 default, Warn).
+    assert all(validation == "Strict" for _, validation in api.field_validation)
+    assert kind != "indexed-job" or ("Job", "Strict") in api.field_validation
     _script(
         api,
         {

@@ -162,7 +162,11 @@ class Client:
         objects = {name: yaml.safe_load(text) for name, text in documents.items()}
         if "configmap" in objects:
             self._call(
-                "create the script ConfigMap", self.core.create_namespaced_config_map, namespace, objects["configmap"]
+                "create the script ConfigMap",
+                self.core.create_namespaced_config_map,
+                namespace,
+                objects["configmap"],
+                field_validation="Strict",
             )
         if "trainjob" in objects:
             self._submit_trainjob(objects, namespace)
@@ -177,9 +181,12 @@ class Client:
                 namespace,
                 plural,
                 objects["pytorchjob"],
+                field_validation="Strict",
             )
             return
-        created = self._call("create the Job", self.batch.create_namespaced_job, namespace, objects["job"])
+        created = self._call(
+            "create the Job", self.batch.create_namespaced_job, namespace, objects["job"], field_validation="Strict"
+        )
         owner = [
             {
                 "apiVersion": "batch/v1",
@@ -192,7 +199,13 @@ class Client:
         # Owned by the Job, so deleting the Job (cancel, or a TTL) also removes them.
         service = objects["service"]
         service["metadata"]["ownerReferences"] = owner
-        self._call("create the headless Service", self.core.create_namespaced_service, namespace, service)
+        self._call(
+            "create the headless Service",
+            self.core.create_namespaced_service,
+            namespace,
+            service,
+            field_validation="Strict",
+        )
         if "configmap" in objects:
             self._call(
                 "own the script ConfigMap",
@@ -461,7 +474,9 @@ class Client:
     def run_pod(self, manifest: dict[str, Any], timeout: float, poll: float = 1.0) -> str:
         """Create a pod, wait until it has run to the end, return its log; the pod is deleted in any case."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        self._call("create the fetch pod", self.core.create_namespaced_pod, namespace, manifest)
+        self._call(
+            "create the fetch pod", self.core.create_namespaced_pod, namespace, manifest, field_validation="Strict"
+        )
         try:
             deadline = time.monotonic() + timeout
             while True:
