@@ -11,7 +11,9 @@ outside load hits each alike, --repeats times each:
 For each: the wall time per step (median of the steps; then median and range over the repeats), its
 phases (forward, backward with the all-reduce, optimizer), the CPU time per step of each thread of the
 process (the main thread, gloo's run-loop threads, gloo's TCP loop), the involuntary context switches
-per step (this rank preempted: outside load or our own threads), and the first step ever (DDP's first
+per step (this rank preempted: outside load or our own threads), the main thread's step split into
+on a CPU, runnable but waiting for a CPU, and asleep (waiting for the other rank, gloo or the network),
+and the first step ever (DDP's first
 iteration: static-graph recording, bucket rebuild). Then the payload's own loaders (loaders.py) on
 data of the same shape: the Python data-loading time per step; the thread settings; an all-reduce of
 a gradient-sized tensor alone, for the bandwidth per link. Rank 0 prints one line `DDP_PROBE {json}`;
@@ -46,22 +48,23 @@ PAYLOAD = "DDP, the payload's"
 
 
 def thread_times() -> dict[str, list[float]]:
-    """Per thread group (main, gloo run loop, gloo TCP loop, other): [CPU s, involuntary switches]."""
+    """Per thread group (main, gloo run loop, gloo TCP loop, other): [CPU s, involuntary switches, runqueue s]."""
     groups: dict[str, list[float]] = {}
     main = str(os.getpid())
     for task in Path("/proc/self/task").iterdir():
         tid = task.name
         try:
             comm = (task / "comm").read_text().strip()
-            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+            on_cpu_ns, runqueue_ns = (int(v) for v in (task / "schedstat").read_text().split()[:2])
             status = (task / "status").read_text()
         except OSError:  # the thread ended meanwhile
             continue
         switches = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
         name = "main" if tid == main else comm if comm.startswith(("pt_gloo", "gloo")) else "other"
-        group = groups.setdefault(name, [0.0, 0])
+        group = groups.setdefault(name, [0.0, 0, 0.0])
         group[0] += on_cpu_ns / 1e9  # schedstat: ns on a CPU (stat's utime/stime count 10 ms ticks)
         group[1] += switches
+        group[2] += runqueue_ns / 1e9  # runnable but waiting for a CPU
     return groups
 
 
@@ -95,13 +98,16 @@ def timed_steps(model: DistributedDataParallel, optimizer, batch, steps: int, sy
         if after[name][0] - before.get(name, [0.0, 0])[0] > 0
     }
     switches = sum(after[n][1] - before.get(n, [0.0, 0])[1] for n in after) / steps
+    runqueue = (after["main"][2] - before["main"][2]) / steps
     timed = phases[WARMUP:]
     return {
         "step_ms": statistics.median(walls[WARMUP:]) * 1e3,
+        "mean_step_ms": statistics.fmean(walls[WARMUP:]) * 1e3,  # what the per-step CPU figures divide
         "first_step_ms": walls[0] * 1e3,
         "cpu_ms": cpu * 1e3,
         "thread_cpu_ms": threads,
         "preemptions_per_step": switches,
+        "main_runqueue_ms": runqueue * 1e3,
         "phases_ms": [statistics.median(p[i] for p in timed) * 1e3 for i in range(3)],
     }
 
@@ -161,6 +167,14 @@ def summarise(results: list[dict]) -> dict:
             n: round(statistics.median(r["thread_cpu_ms"].get(n, 0.0) for r in results), 3) for n in names
         },
         "preemptions_per_step": round(statistics.median(r["preemptions_per_step"] for r in results), 2),
+        "main_runqueue_ms": round(statistics.median(r["main_runqueue_ms"] for r in results), 2),
+        # the main thread's step = on a CPU + waiting for one + asleep (the other rank, gloo, the network)
+        "main_asleep_ms": round(
+            statistics.median(
+                r["mean_step_ms"] - r["thread_cpu_ms"].get("main", 0.0) - r["main_runqueue_ms"] for r in results
+            ),
+            2,
+        ),
         "phases_ms": [round(statistics.median(r["phases_ms"][i] for r in results), 2) for i in range(3)],
     }
 

@@ -305,6 +305,10 @@ def probe_split(python: Path, batch_size: int, repeats: int, max_wait: float) ->
             f"CPU {fig['cpu_ms']:.2f} ms ({threads}); {fig['preemptions_per_step']:.1f} preemptions; "
             f"first step {fig['first_step_ms']:.0f} ms"
         )
+        print(
+            f"  {'':>34}  main thread: {fig['main_thread_cpu_ms']:.1f} ms on a CPU, {fig['main_runqueue_ms']:.1f} ms "
+            f"waiting for one, {fig['main_asleep_ms']:.1f} ms asleep (the other rank, gloo, the network)"
+        )
         if name != COMPUTE:
             buckets = probe["bucket_bytes"].get(name, [])
             print(
