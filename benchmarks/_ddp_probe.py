@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 WARMUP = 3
 COMPUTE = "compute only (no_sync)"
 PAYLOAD = "DDP, the payload's"
+PINNED = "DDP, the payload's, rank r on CPU r"
 
 
 def thread_times() -> dict[str, list[float]]:
@@ -118,6 +119,15 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def pin_threads(cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of this process (gloo's too, not only the caller's)."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:  # the thread ended meanwhile
+            continue
 
 
 def one_thread_gloo_group(world: int) -> dist.ProcessGroup | None:
@@ -212,11 +222,18 @@ def main() -> int:
     hooked = payload.wrap_ddp(payload.SmallCNN((1, 28, 28)), cpu)
     hooked.register_comm_hook(None, default_hooks.fp16_compress_hook)
     models["DDP, the payload's + fp16 hook"] = hooked
+    models[PINNED] = payload.wrap_ddp(payload.SmallCNN((1, 28, 28)), cpu)
+    allowed = sorted(os.sched_getaffinity(0))
+    own_cpu = {allowed[rank % len(allowed)]}
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for name, m in models.items()}
     runs: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
+            if name == PINNED:
+                pin_threads(own_cpu)
             runs[name].append(timed_steps(model, optimizers[name], batch, args.steps, sync=name != COMPUTE))
+            if name == PINNED:
+                pin_threads(set(allowed))
 
     loader_ms = loader_ms_per_step(args.batch_size, args.steps, rank, world)
     gradient_bytes = sum(p.numel() * p.element_size() for p in models[PAYLOAD].parameters())
