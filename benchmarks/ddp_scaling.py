@@ -269,9 +269,9 @@ def run_jobs(python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: fl
     return logs[0], run
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
     """'median (min-max)' of a figure over the repeats."""
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def probe_split(python: Path, batch_size: int, repeats: int, max_wait: float) -> dict:
@@ -392,7 +392,7 @@ def main() -> int:
         efficiency = statistics.median(efficiencies)
         print(
             "median (range) of {}: t1 = {}, t2 = {}, two independent jobs = {} samples/s".format(
-                args.repeats, *(spread(rates[kind]).replace(".000", "") for kind in kinds)
+                args.repeats, *(spread(rates[kind], digits=1) for kind in kinds)
             )
         )
         verdict = "met" if efficiency >= TARGET_EFFICIENCY else "NOT met"
