@@ -8,12 +8,24 @@
    loader and costs what Fashion-MNIST costs per step. samples/s is the payload's own timing of its
    training loop (start-up and evaluation excluded); the first epoch is warm-up and left out.
    As a yardstick, two independent 1-rank jobs run at once (no communication at all): what this
-   machine gives two busy processes. t2 against that ceiling is the DDP overhead proper.
+   machine gives two busy processes. t2 against that ceiling is the DDP overhead proper. The two
+   jobs start their timed epochs seconds apart (start-up), so each counts only the epochs it timed
+   while the other was timing its own (the benchmark stamps their log lines as they appear); counted
+   otherwise, one job's epochs beside the other's start-up or exit raised the ceiling. Each kind runs
+   --repeats times, interleaved; the figures are the median and the range (min-max) of the repeats,
+   ratios taken per repeat. Beside each run: its wall time, the CPU-seconds of each process tree
+   (torchrun and its workers, from wait4's rusage, start-up included) and the CPU-bound floor (all
+   CPU-seconds spent during the run, ours and the outside load's, over the cores), and the first
+   (warm-up) epoch against a steady one.
 2. Where a 2-rank step goes (benchmarks/_ddp_probe.py under torchrun): the step with no all-reduce
-   at all (no_sync), with DDP's defaults and as the payload builds DDP; wall and CPU time per step
-   (the CPU beyond the main thread is gloo's and the reducer's threads); the share of a step spent in
-   communication (1 - compute-only / DDP step); the gradient against the buckets; an all-reduce of
-   the gradient's size alone and the bandwidth per link it gives; gloo's threads against the cores.
+   at all (no_sync), with DDP's defaults, as the payload builds DDP, on a 1-thread gloo group and
+   with the fp16 compression hook; wall time per step and its phases; CPU time per step of each
+   thread (main, gloo's run loops, gloo's TCP loop) and the times this rank was preempted; the first
+   step; the share of a step spent in communication (1 - compute-only / DDP step, wall and CPU);
+   the gradient against the buckets; an all-reduce of the gradient's size alone and the bandwidth per
+   link it gives; torch's intra-op and inter-op threads and gloo's threads against the cores; the
+   payload's data loader per step. From the CPU per step: the most DDP can reach against the
+   ceiling when both cores are busy (compute-only CPU / DDP CPU).
 3. Time to 0.90 test accuracy on scikit-learn's digits with 2 ranks (the tests' configuration).
 
 The CPUs may be shared with other work this process cannot see. Each run reports the outside load
@@ -22,7 +34,7 @@ the benchmark waits up to --quiet-wait seconds for the machine to go quiet. Figu
 outside load are not a property of the payload.
 
 Run it with any Python 3.11; the payload runs in PYCTL_DDP_PYTHON (default .venv-ddp/bin/python):
-    python3 benchmarks/ddp_scaling.py [--steps 40] [--batch-size 64] [--epochs 3] [--repeats 2]
+    python3 benchmarks/ddp_scaling.py [--steps 40] [--batch-size 64] [--epochs 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import struct
 import subprocess
 import sys
@@ -43,6 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "payloads" / "ddp" / "train.py"
 PROBE = Path(__file__).resolve().parent / "_ddp_probe.py"
+COMPUTE, PAYLOAD = "compute only (no_sync)", "DDP, the payload's"  # _ddp_probe.py's names
 TARGET_EFFICIENCY = 0.85
 TARGET_ACCURACY = 0.90
 QUIET_CORES = 0.25
@@ -123,6 +137,16 @@ class Run:
     wall_s: float
     outside_cores: float
     quiet_before: float
+    cpu_s: list[float]  # rusage of each job's process tree (torchrun and its workers), whole job
+    warmup_s: float  # the first epoch's training time (the first job's)
+    steady_epoch_s: float  # the mean of the later epochs'
+    overlap: float  # share of the jobs' timed epochs that ran at the same time (1.0 for one job)
+    concurrent_epochs: list[int] | None  # per job, the epochs counted (timed while the other job was too)
+
+    @property
+    def floor_s(self) -> float:
+        """The least wall time the CPU-seconds spent during the run allow on this machine's cores."""
+        return (sum(self.cpu_s) + self.outside_cores * self.wall_s) / (os.cpu_count() or 1)
 
 
 def torchrun_argv(python: Path, nproc: int, flags: list[str], log_path: Path) -> list[str]:
@@ -141,77 +165,168 @@ def read_log(log_path: Path) -> list[dict]:
     return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
 
 
-def steady_samples_per_s(records: list[dict]) -> tuple[float, int]:
-    """Samples/s over every epoch after the first (warm-up), and the samples per epoch."""
+def steady_samples_per_s(records: list[dict], keep: list[bool] | None = None) -> tuple[float, int]:
+    """Samples/s over every epoch after the first (warm-up), or over the kept ones; the samples per epoch."""
     epochs = [r for r in records if r["event"] == "epoch"]
-    steady = epochs[1:] or epochs
+    steady = [r for r, kept in zip(epochs, keep, strict=True) if kept] if keep and any(keep) else epochs[1:]
+    steady = steady or epochs
     samples = sum(r["samples"] for r in steady)
     seconds = sum(r["train_seconds"] for r in steady)
     return samples / seconds, epochs[-1]["samples"]
 
 
+def timed_window(stamps: list[float], records: list[dict]) -> tuple[float, float]:
+    """When a job's timed epochs ran: from the first epoch's line (warm-up done) to the last epoch's."""
+    epochs = [stamp for stamp, r in zip(stamps, records, strict=False) if r["event"] == "epoch"]
+    return (epochs[0], epochs[-1]) if len(epochs) > 1 else (0.0, 0.0)
+
+
+def concurrent_epochs(stamps: list[float], records: list[dict], others: list[tuple[float, float]]) -> list[bool]:
+    """For each epoch of a job: was it timed while every other job was inside its own timed epochs?
+
+    An epoch's line is written when it ends (after a short evaluation), so it ran from about its stamp
+    less its train_seconds to its stamp. The first epoch (warm-up) is never kept.
+    """
+    lines = [(stamp, r) for stamp, r in zip(stamps, records, strict=False) if r["event"] == "epoch"]
+    return [
+        index > 0 and all(start <= stamp - r["train_seconds"] and stamp <= end for start, end in others)
+        for index, (stamp, r) in enumerate(lines)
+    ]
+
+
+def overlap_share(windows: list[tuple[float, float]]) -> float:
+    """The share of the shortest timed window during which every job was in its timed epochs."""
+    if len(windows) < 2:
+        return 1.0
+    start, end = max(w[0] for w in windows), min(w[1] for w in windows)
+    shortest = min(w[1] - w[0] for w in windows)
+    return max(end - start, 0.0) / shortest if shortest > 0 else 0.0
+
+
 def run_jobs(python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: float) -> tuple[list[dict], Run]:
-    """Start the jobs (nproc, flags, log) at once, wait for all; return the first log and the figures."""
+    """Start the jobs (nproc, flags, log) at once, wait for all; return the first log and the figures.
+
+    While they run, each new line of their logs is stamped with this process's clock, so the ceiling's
+    two independent jobs can be checked to have timed their epochs at the same time (one that starts
+    later than the other would time some epochs alone on the machine and raise the ceiling).
+    """
     quiet_before = wait_for_quiet(max_wait)
-    with LoadMeter() as meter:
+    stamps: list[list[float]] = [[] for _ in jobs]
+    seen = [0] * len(jobs)
+    with tempfile.TemporaryFile("w+") as stderr, LoadMeter() as meter:
         procs = [
             subprocess.Popen(
                 torchrun_argv(python, nproc, flags, log),
                 env=payload_env(),
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
+                stderr=stderr,
             )
             for nproc, flags, log in jobs
         ]
-        errors = [proc.communicate()[1] for proc in procs]
-    for proc, stderr in zip(procs, errors, strict=True):
+        cpu_s: dict[int, float] = {}
+        while len(cpu_s) < len(procs):
+            now = time.perf_counter()
+            for i, (_, _, log) in enumerate(jobs):
+                lines = log.read_text().count("\n") if log.exists() else 0
+                stamps[i] += [now] * (lines - seen[i])
+                seen[i] = lines
+            for proc in procs:
+                if proc.pid not in cpu_s:
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:  # torchrun has waited for its workers: its rusage holds the whole tree
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        cpu_s[proc.pid] = usage.ru_utime + usage.ru_stime
+            time.sleep(0.02)
+        stderr.seek(0)
+        errors = stderr.read()
+    for proc in procs:
         if proc.returncode != 0:
-            sys.exit(f"ddp_scaling: a run failed (rc={proc.returncode}):\n{stderr[-3000:]}")
+            sys.exit(f"ddp_scaling: a run failed (rc={proc.returncode}):\n{errors[-3000:]}")
     logs = [read_log(log) for _, _, log in jobs]
-    rates = [steady_samples_per_s(records) for records in logs]
+    windows = [timed_window(s, records) for s, records in zip(stamps, logs, strict=True)]
+    # Two independent jobs start their timed epochs at different moments (start-up takes seconds): each
+    # counts only the epochs it timed while the other was timing its own, so that neither job's figure
+    # includes time it had the machine to itself. With one job every epoch after the first counts.
+    keeps = [
+        concurrent_epochs(s, records, windows[:i] + windows[i + 1 :]) if len(jobs) > 1 else None
+        for i, (s, records) in enumerate(zip(stamps, logs, strict=True))
+    ]
+    rates = [steady_samples_per_s(records, keep) for records, keep in zip(logs, keeps, strict=True)]
+    epochs = [r for r in logs[0] if r["event"] == "epoch"]
+    later = [r["train_seconds"] for r in epochs[1:]] or [epochs[0]["train_seconds"]]
     run = Run(
         samples_per_s=sum(rate for rate, _ in rates),
         samples_per_epoch=sum(count for _, count in rates),
         wall_s=meter.seconds,
         outside_cores=meter.outside_cores,
         quiet_before=quiet_before,
+        cpu_s=[cpu_s[proc.pid] for proc in procs],
+        warmup_s=epochs[0]["train_seconds"],
+        steady_epoch_s=sum(later) / len(later),
+        overlap=overlap_share(windows),
+        concurrent_epochs=None if len(jobs) == 1 else [sum(keep) for keep in keeps],
     )
     return logs[0], run
 
 
-def probe_split(python: Path, batch_size: int, max_wait: float) -> dict:
+def spread(values: list[float], digits: int = 3) -> str:
+    """'median (min-max)' of a figure over the repeats."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def probe_split(python: Path, batch_size: int, repeats: int, max_wait: float) -> dict:
     """Run _ddp_probe.py on 2 ranks; print where a step goes; return its figures."""
     quiet_before = wait_for_quiet(max_wait)
     argv = [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(PROBE)]
     with LoadMeter() as meter:
         done = subprocess.run(
-            [*argv, "--batch-size", str(batch_size)], env=payload_env(), capture_output=True, text=True, check=False
+            [*argv, "--batch-size", str(batch_size), "--repeats", str(repeats)],
+            env=payload_env(),
+            capture_output=True,
+            text=True,
+            check=False,
         )
     line = next((x for x in done.stdout.splitlines() if x.startswith("DDP_PROBE ")), None)
     if done.returncode != 0 or line is None:
         sys.exit(f"ddp_scaling: the probe failed (rc={done.returncode}):\n{done.stderr[-3000:]}")
     probe = json.loads(line.split(" ", 1)[1])
     steps = probe["steps"]
-    compute = steps["compute only (no_sync)"]
+    compute = steps[COMPUTE]
     print(
-        f"where a 2-rank step goes (batch {batch_size} per rank, best of 3; outside load "
-        f"{meter.outside_cores:.2f} cores, {quiet_before:.2f} just before):"
+        f"where a 2-rank step goes (batch {batch_size} per rank, median (range) of {repeats} repeats; outside "
+        f"load {meter.outside_cores:.2f} cores, {quiet_before:.2f} just before):"
     )
     for name, fig in steps.items():
-        comm_wall = 1 - compute["step_ms"] / fig["step_ms"]
-        comm_cpu = 1 - compute["cpu_ms"] / fig["cpu_ms"]
-        buckets = probe["bucket_bytes"].get(name)
+        low, high = fig["step_ms_range"]
+        threads = ", ".join(f"{n} {ms:.2f}" for n, ms in sorted(fig["thread_cpu_ms"].items()))
         print(
-            f"  {name:>24}: step {fig['step_ms']:6.2f} ms wall, {fig['cpu_ms']:6.2f} ms CPU "
-            f"({fig['cpu_ms'] - fig['main_thread_cpu_ms']:.2f} ms off the main thread)"
-            + ("" if buckets is None else f"; communication {comm_wall:.1%} of the step, {comm_cpu:.1%} of its CPU")
-            + ("" if buckets is None else f"; buckets {[round(b / 2**20, 2) for b in buckets]} MiB")
+            f"  {name:>34}: step {fig['step_ms']:6.2f} ms wall ({low:.1f}-{high:.1f}), "
+            f"forward/backward/optimizer {'/'.join(f'{ms:.1f}' for ms in fig['phases_ms'])} ms; "
+            f"CPU {fig['cpu_ms']:.2f} ms ({threads}); {fig['preemptions_per_step']:.1f} preemptions; "
+            f"first step {fig['first_step_ms']:.0f} ms"
         )
+        print(
+            f"  {'':>34}  main thread: {fig['main_thread_cpu_ms']:.1f} ms on a CPU, {fig['main_runqueue_ms']:.1f} ms "
+            f"waiting for one, {fig['main_asleep_ms']:.1f} ms asleep (the other rank, gloo, the network)"
+        )
+        if name != COMPUTE:
+            buckets = probe["bucket_bytes"].get(name, [])
+            print(
+                f"  {'':>34}  communication {1 - compute['step_ms'] / fig['step_ms']:.1%} of the wall, "
+                f"{1 - compute['cpu_ms'] / fig['cpu_ms']:.1%} of the CPU; "
+                f"{len(buckets)} bucket(s) {[round(b / 2**20, 2) for b in buckets]} MiB"
+            )
+    rank_steps = [f"{r['step_ms']:.1f} ms / {r['cpu_ms']:.1f} ms CPU" for r in probe["payload_per_rank"]]
     print(
         f"  gradient {probe['gradient_bytes'] / 2**20:.2f} MiB; all-reduce of it alone {probe['allreduce_ms']:.2f} ms "
-        f"= {probe['allreduce_gbps_per_link']:.2f} GB/s per link; gloo {probe['gloo_threads_per_rank']} threads "
-        f"per rank, {probe['world_size']} ranks on {probe['cpus']} CPUs"
+        f"= {probe['allreduce_gbps_per_link']:.2f} GB/s per link; the payload's step per rank: {', '.join(rank_steps)}"
+    )
+    print(
+        f"  threads per rank: torch intra-op {probe['torch_threads_per_rank']} (OMP_NUM_THREADS="
+        f"{probe['omp_num_threads_env']}), inter-op {probe['interop_threads']}, gloo {probe['gloo_threads_per_rank']} "
+        f"+ its TCP loop; {probe['process_threads']} threads in all; {probe['world_size']} ranks on "
+        f"{probe['cpus']} CPUs; the payload's loader {probe['loader_ms_per_step']:.2f} ms per step (Python, "
+        f"{probe['loader_ms_per_step'] / compute['step_ms']:.1%} of a compute-only step)"
     )
     probe["outside_cores"] = round(meter.outside_cores, 2)
     return probe
@@ -221,8 +336,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per epoch and rank (default: 40)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size per rank (default: 64)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run, the first is warm-up (default: 3)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, best kept (default: 2)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per run, the first is warm-up (default: 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each kind, and probe repeats; medians kept (default: 3)"
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -248,46 +365,58 @@ def main() -> int:
             "2 ranks": lambda r: [(2, flags, work / f"two-{r}.jsonl")],
             "2 independent 1-rank jobs": lambda r: [(1, flags, work / f"solo{i}-{r}.jsonl") for i in range(2)],
         }
-        best: dict[str, Run] = {}
+        runs: dict[str, list[Run]] = {kind: [] for kind in kinds}
         for repeat in range(args.repeats):  # interleaved, so a burst of outside load hits every kind alike
             for kind, jobs in kinds.items():
                 _, run = run_jobs(python, jobs(repeat), args.quiet_wait)
+                runs[kind].append(run)
                 print(
                     f"  {kind:>26}: {run.samples_per_s:8.1f} samples/s "
-                    f"({run.samples_per_epoch} samples/epoch, wall {run.wall_s:.1f} s, "
-                    f"outside load {run.outside_cores:.2f} cores, "
-                    f"{run.quiet_before:.2f} just before)"
+                    f"({run.samples_per_epoch} samples/epoch; wall {run.wall_s:.1f} s, CPU "
+                    f"{'+'.join(f'{c:.1f}' for c in run.cpu_s)} s, CPU-bound floor {run.floor_s:.1f} s; "
+                    f"warm-up epoch {run.warmup_s:.2f} s vs {run.steady_epoch_s:.2f} s steady; "
+                    + (
+                        ""
+                        if run.concurrent_epochs is None
+                        else f"timed epochs overlapping {run.overlap:.0%}, counted {run.concurrent_epochs}; "
+                    )
+                    + f"outside load {run.outside_cores:.2f} cores, {run.quiet_before:.2f} just before)"
                 )
-                if kind not in best or run.samples_per_s > best[kind].samples_per_s:
-                    best[kind] = run
-        t1, t2 = best["1 rank"].samples_per_s, best["2 ranks"].samples_per_s
-        ceiling = best["2 independent 1-rank jobs"].samples_per_s
-        efficiency = t2 / (2 * t1)
-        print(f"best of {args.repeats}: t1 = {t1:.1f}, t2 = {t2:.1f}, two independent jobs = {ceiling:.1f} samples/s")
+        rates = {kind: [run.samples_per_s for run in kind_runs] for kind, kind_runs in runs.items()}
+        t1, t2 = (statistics.median(rates[kind]) for kind in ("1 rank", "2 ranks"))
+        ceiling = statistics.median(rates["2 independent 1-rank jobs"])
+        # Ratios per repeat (each repeat ran its kinds back to back), then their median and range.
+        efficiencies = [b / (2 * a) for a, b in zip(rates["1 rank"], rates["2 ranks"], strict=True)]
+        ceilings = [c / (2 * a) for a, c in zip(rates["1 rank"], rates["2 independent 1-rank jobs"], strict=True)]
+        against = [b / c for b, c in zip(rates["2 ranks"], rates["2 independent 1-rank jobs"], strict=True)]
+        efficiency = statistics.median(efficiencies)
+        print(
+            "median (range) of {}: t1 = {}, t2 = {}, two independent jobs = {} samples/s".format(
+                args.repeats, *(spread(rates[kind], digits=1) for kind in kinds)
+            )
+        )
         verdict = "met" if efficiency >= TARGET_EFFICIENCY else "NOT met"
+        print(f"scaling efficiency t2 / (2 * t1): {spread(efficiencies)} (target >= {TARGET_EFFICIENCY}: {verdict})")
         print(
-            f"scaling efficiency t2 / (2 * t1) = {t2:.1f} / (2 * {t1:.1f}) = {efficiency:.3f} "
-            f"(target >= {TARGET_EFFICIENCY}: {verdict})"
+            f"machine ceiling: two independent jobs / (2 * t1): {spread(ceilings)}; "
+            f"DDP against that ceiling, t2 / two independent jobs: {spread(against)} (target >= 0.90)"
         )
-        print(
-            f"machine ceiling: two independent jobs / (2 * t1) = {ceiling / (2 * t1):.3f}; "
-            f"DDP against that ceiling: t2 / two independent jobs = {t2 / ceiling:.3f}"
-        )
-
-        worst = max(run.outside_cores for run in best.values())
+        worst = max(run.outside_cores for kind_runs in runs.values() for run in kind_runs)
         if worst >= QUIET_CORES:
             print(
-                f"warning: the kept runs saw up to {worst:.2f} cores of outside load, so these figures "
+                f"warning: the runs saw up to {worst:.2f} cores of outside load, so these figures "
                 "describe the machine's sharing, not the payload; rerun when the machine is quiet"
             )
 
-        probe = probe_split(python, args.batch_size, args.quiet_wait)
-        payload_step = probe["steps"]["DDP, the payload's"]
-        compute_step = probe["steps"]["compute only (no_sync)"]
+        probe = probe_split(python, args.batch_size, args.repeats, args.quiet_wait)
+        payload_step = probe["steps"][PAYLOAD]
+        compute_step = probe["steps"][COMPUTE]
+        cpu_bound = compute_step["cpu_ms"] / payload_step["cpu_ms"]
         print(
             f"all-reduce bandwidth per link {probe['allreduce_gbps_per_link']:.2f} GB/s; communication "
-            f"{1 - compute_step['step_ms'] / payload_step['step_ms']:.1%} of a payload step; "
-            f"efficiency {efficiency:.3f}, {t2 / ceiling:.3f} of the machine's ceiling (target >= 0.90)"
+            f"{1 - compute_step['step_ms'] / payload_step['step_ms']:.1%} of a payload step's wall, "
+            f"{1 - cpu_bound:.1%} of its CPU; with both cores busy DDP can reach at most {cpu_bound:.3f} of the "
+            f"ceiling (compute-only CPU / DDP CPU per step); measured {statistics.median(against):.3f}"
         )
 
         records, digits = run_jobs(python, [(2, DIGITS_FLAGS, work / "digits.jsonl")], args.quiet_wait)
@@ -311,8 +440,11 @@ def main() -> int:
         "samples_per_s_2_independent_jobs": round(ceiling, 1),
         "efficiency": round(efficiency, 3),
         "efficiency_target": TARGET_EFFICIENCY,
-        "machine_ceiling_efficiency": round(ceiling / (2 * t1), 3),
-        "ddp_vs_ceiling": round(t2 / ceiling, 3),
+        "machine_ceiling_efficiency": round(statistics.median(ceilings), 3),
+        "ddp_vs_ceiling": round(statistics.median(against), 3),
+        "ddp_vs_ceiling_range": [round(min(against), 3), round(max(against), 3)],
+        "ddp_vs_ceiling_cpu_bound": round(cpu_bound, 3),
+        "repeats": args.repeats,
         "max_outside_load_cores": round(worst, 2),
         "reliable": worst < QUIET_CORES,
         "allreduce_gbps_per_link": probe["allreduce_gbps_per_link"],

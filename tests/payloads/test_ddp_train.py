@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+DDP_REPO_ROOT = Path(__file__).resolve().parents[2]
+
 # One configuration shared by the two-rank run and the restart run, so their results can be compared.
 DIGITS_EPOCHS = 10
 DIGITS_FLAGS = ("--dataset", "digits", "--epochs", str(DIGITS_EPOCHS), "--batch-size", "32", "--lr", "0.05")
@@ -163,6 +165,43 @@ def test_two_ranks_learn_what_one_process_learns_with_the_global_batch(ddp_run, 
         assert ranks["loss"] == pytest.approx(single["loss"], rel=1e-3), (single, ranks)
         assert abs(ranks["test_accuracy"] - single["test_accuracy"]) <= 1 / 360 + 1e-9, (single, ranks)
     assert one_epochs[-1]["loss"] < one_epochs[0]["loss"]  # it learned something to compare
+
+
+CHECK_WRAP_DDP = """
+import json, sys
+sys.path.insert(0, "payloads/ddp")
+import torch, torch.distributed as dist, torch.nn.functional as F
+import train
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+model = train.SmallCNN((1, 28, 28))
+ddp = train.wrap_ddp(model, torch.device("cpu"))
+F.cross_entropy(ddp(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+grads = [p.grad for p in model.parameters()]
+print(json.dumps({
+    "gradient_bytes": sum(g.numel() * g.element_size() for g in grads),
+    "bucket_bytes_cap": ddp.bucket_bytes_cap,
+    "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
+    "static_graph": ddp.static_graph,
+    "grad_storages": len({g.untyped_storage().data_ptr() for g in grads}),
+    "bucket_sizes": str(ddp._get_ddp_logging_data().get("bucket_sizes")),
+}))
+"""
+
+
+def test_wrap_ddp_puts_the_whole_gradient_in_one_bucket_as_views_with_a_static_graph(ddp_python):
+    """wrap_ddp's settings reach DDP: a bucket cap of the gradient's size rounded up to whole MiB,
+    gradient_as_bucket_view and static_graph; after a step every gradient is a view of one bucket."""
+    done = subprocess.run(
+        [str(ddp_python), "-c", CHECK_WRAP_DDP], capture_output=True, text=True, timeout=120, cwd=DDP_REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    wired = json.loads(done.stdout.strip().splitlines()[-1])
+    assert wired["gradient_bytes"] == 1686568  # SmallCNN on 28x28: the Linear(3136, 128) holds most of it
+    assert wired["bucket_bytes_cap"] == 2 * 2**20  # 1.61 MiB rounded up to whole MiB (DDP's unit)
+    assert wired["gradient_as_bucket_view"] is True
+    assert wired["static_graph"] is True
+    assert wired["bucket_sizes"] == str(wired["gradient_bytes"])  # one bucket, holding all of it
+    assert wired["grad_storages"] == 1  # the gradients are views into that bucket, not copies
 
 
 CHECK_CHECKPOINTS = """
