@@ -303,7 +303,10 @@ def write_repositories(lab: Lab, debs: list[Path]) -> None:
         kind = "docker" if name in DOCKER_PACKAGES else "nvidia" if name in NVIDIA_PACKAGES else "k8s"
         target = layout[kind] / deb.name
         if not target.exists():
-            shutil.copyfile(deb, target)
+            try:
+                os.link(deb, target)  # the cache and the labs share a file system: no copy per lab
+            except OSError:
+                shutil.copyfile(deb, target)
     # pkgs.k8s.io and NVIDIA: flat repositories (suite "/"), Packages and Release beside the .debs.
     _flat(lab, layout["k8s"], origin="obs://build.opensuse.org/isv:kubernetes:core:stable:v1.36/deb")
     _flat(lab, layout["nvidia"], origin="https://nvidia.github.io/libnvidia-container")
