@@ -53,7 +53,8 @@ def content(lab: Lab) -> dict[str, Any]:
 def repository_vars(lab: Lab) -> dict[str, Any]:
     """The roles' repository settings pointed at the lab's own signed repositories (pyctl.lab.repo).
 
-    Container hosts run containerd 2.x from the lab's Docker-shaped repository. VM hosts keep Debian's
+    Container hosts run containerd 2.x from the lab's Docker-shaped repository (unless the lab could not get
+    Debian's containerd 2.x from the configured mirror: see repo-note.txt in the lab directory). VM hosts keep Debian's
     containerd 1.x (the path pyctl still supports for Kubernetes <= 1.35), run past the containerd role's
     refusal for 1.36 with its warning.
     """
@@ -74,7 +75,7 @@ def repository_vars(lab: Lab) -> dict[str, Any]:
         "containerd_nvidia_gpg_key_url": f"{url}/{repo.NVIDIA_PATH}/gpgkey",
         "containerd_nvidia_gpg_fingerprint": fingerprint,
     }
-    if lab.kind == "container":
+    if lab.kind == "container" and served.get("containerd_io_version"):
         repo_vars["containerd_source"] = "docker"
         repo_vars["containerd_docker_version"] = served["containerd_io_version"]
     else:

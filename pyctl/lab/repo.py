@@ -70,10 +70,16 @@ class Served:
 
     url: str
     fingerprint: str
-    containerd_io_version: str
+    containerd_io_version: str | None  # None: Debian's containerd 2.x could not be had (see note)
+    note: str = ""
 
-    def to_dict(self) -> dict[str, str]:
-        return {"url": self.url, "fingerprint": self.fingerprint, "containerd_io_version": self.containerd_io_version}
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "url": self.url,
+            "fingerprint": self.fingerprint,
+            "containerd_io_version": self.containerd_io_version,
+            "note": self.note,
+        }
 
 
 def cache(settings: Settings) -> Path:
@@ -396,9 +402,16 @@ def _listening_in(lab: Lab, port: int) -> bool:
 def ensure(lab: Lab, settings: Settings) -> Served:
     """Make the lab's key and repositories with the real packages, and serve them (at `pyctl lab up`)."""
     fingerprint = make_key(lab)
-    write_repositories(lab, real_packages(settings))
+    try:
+        real, version, note = real_packages(settings), containerd_io_version(), ""
+    except LabSetupFailed as exc:
+        # A mirror without sid (or without these versions): the lab still comes up, its hosts on the
+        # distribution's containerd, as before the lab had its own repositories.
+        real, version, note = [], None, str(exc)
+        (lab.dir / "repo-note.txt").write_text(note + "\n", encoding="utf-8")
+    write_repositories(lab, real)
     url = serve(lab)
-    return Served(url, fingerprint, containerd_io_version())
+    return Served(url, fingerprint, version, note)
 
 
 def publish(lab: Lab, debs: list[Path]) -> None:
