@@ -165,12 +165,14 @@ def test_apt_refuses_the_lab_repository_under_another_key(lab, first):
     assert first.returncode == 0
     script = (
         "set -e; export GNUPGHOME=$(mktemp -d); "
-        "gpg -q --batch --passphrase '' --quick-gen-key 'not the lab <x@pyctl.invalid>' ed25519 sign never 2>/dev/null; "
+        "gpg -q --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'not the lab <x@pyctl.invalid>'"
+        " ed25519 sign never 2>/dev/null; "
         "gpg -q --batch --armor --export > /tmp/other.asc; "
         f"echo 'deb [signed-by=/tmp/other.asc] http://{lab.gateway}:8080/pkgs.k8s.io/core:/stable:/v1.36/deb/ /'"
         " > /tmp/wrong.list; "
+        "lists=$(mktemp -d); mkdir $lists/partial; "
         "apt-get -o Dir::Etc::SourceList=/tmp/wrong.list -o Dir::Etc::SourceParts=/dev/null"
-        " -o Dir::State::Lists=$(mktemp -d) update 2>&1 || echo refused=$?"
+        " -o Dir::State::Lists=$lists update 2>&1 || echo refused=$?"
     )
     out = lab.ssh("node1", script, timeout=120).stdout
     assert "NO_PUBKEY" in out and "is not signed" in out and "refused=100" in out, out
