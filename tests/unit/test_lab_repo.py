@@ -146,3 +146,15 @@ def test_apt_reads_the_signed_repositories_and_refuses_them_under_another_key(tm
     assert refused.returncode == 100 and "NO_PUBKEY" in refused.stderr and "is not signed" in refused.stderr
     assert "1.36.5-1.1" not in refused.stdout  # nothing of the repository was taken
     assert "Invalid 'Date'" not in good.stderr
+
+
+def test_the_hosts_apt_reaches_the_labs_repositories_directly_and_the_rest_through_the_proxy(tmp_path):
+    from pyctl.lab import image
+
+    key = tmp_path / "ssh_host_ed25519_key"
+    key.write_text("private")
+    key.with_name(key.name + ".pub").write_text("public")
+    files = image.seed_files("keys", key, "hosts", "http://10.213.7.1:3142")
+    text = files["apt-proxy.conf"][0].decode()
+    assert 'Acquire::http::Proxy "http://10.213.7.1:3142";' in text
+    assert 'Acquire::http::Proxy::10.213.7.1 "DIRECT";' in text
