@@ -294,7 +294,7 @@ def _gpg(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def write_repositories(lab: Lab, debs: list[Path]) -> None:
-    """Lay out, index and sign the three repositories with `debs` (copied in); the keys beside them."""
+    """Lay out, index and sign the three repositories with `debs` (hard-linked in); the keys beside them."""
     top = root(lab)
     public = _gpg(lab, "--armor", "--export").stdout
     layout = {
@@ -314,7 +314,7 @@ def write_repositories(lab: Lab, debs: list[Path]) -> None:
             except OSError:
                 shutil.copyfile(deb, target)
     # pkgs.k8s.io and NVIDIA: flat repositories (suite "/"), Packages and Release beside the .debs.
-    _flat(lab, layout["k8s"], origin="obs://build.opensuse.org/isv:kubernetes:core:stable:v1.36/deb")
+    _flat(lab, layout["k8s"], origin=f"obs://build.opensuse.org/isv:kubernetes:core:stable:v{K8S_MINOR}/deb")
     _flat(lab, layout["nvidia"], origin="https://nvidia.github.io/libnvidia-container")
     (layout["k8s"] / "Release.key").write_text(public, encoding="utf-8")
     (top / NVIDIA_PATH / "gpgkey").write_text(public, encoding="utf-8")
