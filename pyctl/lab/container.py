@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyctl.config import Settings
-from pyctl.lab import aptcache, cgroups, image, network
+from pyctl.lab import aptcache, cgroups, image, network, repo
 from pyctl.lab.model import Lab, LabHost
 from pyctl.lab.netns import TOOLS as NETNS_TOOLS
 from pyctl.lab.processes import pidfile_alive, run, spawn
@@ -35,6 +35,7 @@ from pyctl.lab.ssh import HOST_KEY
 TOOLS = {
     **NETNS_TOOLS,
     **aptcache.TOOLS,
+    **repo.TOOLS,
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
@@ -69,6 +70,7 @@ def start_lab(lab: Lab, settings: Settings) -> None:
     set_host_sysctls([h.namespace for h in lab.hosts if h.namespace])
     raise_inotify_limits(lab.nodes)
     lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
+    lab.extra["repo"] = repo.ensure(lab, settings).to_dict()
 
 
 def set_host_sysctls(namespaces: list[str], sysctls: dict[str, str] | None = None) -> None:

@@ -500,5 +500,8 @@ def seed_files(authorized_keys: str, host_key: Path, hosts: str, apt_proxy: str 
         "hosts": (hosts.encode(), 0o644),
     }
     if apt_proxy:
-        files["apt-proxy.conf"] = (f'Acquire::http::Proxy "{apt_proxy}";\n'.encode(), 0o644)
+        # The lab's own repositories (pyctl.lab.repo) are on the gateway itself: apt reaches them directly.
+        gateway = apt_proxy.split("//", 1)[-1].rsplit(":", 1)[0]
+        text = f'Acquire::http::Proxy "{apt_proxy}";\nAcquire::http::Proxy::{gateway} "DIRECT";\n'
+        files["apt-proxy.conf"] = (text.encode(), 0o644)
     return files

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from pyctl.inventory import CONTROL_PLANE, NFS_SERVER, WORKERS
+from pyctl.lab import repo
 from pyctl.lab.model import HOST_IFACE, POD_CIDR, SERVICE_CIDR, Lab
 
 
@@ -31,13 +32,10 @@ def content(lab: Lab) -> dict[str, Any]:
         "nfs_allowed_cidr": lab.subnet,
         "pod_cidr": POD_CIDR,
         "service_cidr": SERVICE_CIDR,
-        # The lab reaches Debian's mirror only (no download.docker.com), whose containerd is 1.x: the lab runs
-        # it past the containerd role's refusal (Kubernetes 1.36 needs containerd 2.x), with its warning.
-        "containerd_source": "distribution",
-        "containerd_unsupported_version_enabled": True,
     }
     if lab.apt_proxy:
         all_vars["lab_apt_proxy"] = lab.apt_proxy
+    all_vars.update(repository_vars(lab))
     hosts: dict[str, Any] = {}
     for host in lab.hosts:
         hvars: dict[str, Any] = {"ansible_host": host.address}
@@ -50,6 +48,40 @@ def content(lab: Lab) -> dict[str, Any]:
         if members:
             children[group] = {"hosts": dict.fromkeys(members)}
     return {"all": {"vars": all_vars, "hosts": hosts, "children": children}}
+
+
+def repository_vars(lab: Lab) -> dict[str, Any]:
+    """The roles' repository settings pointed at the lab's own signed repositories (pyctl.lab.repo).
+
+    Container hosts run containerd 2.x from the lab's Docker-shaped repository (unless the lab could not get
+    Debian's containerd 2.x from the configured mirror: see repo-note.txt in the lab directory). VM hosts keep Debian's
+    containerd 1.x (the path pyctl still supports for Kubernetes <= 1.35), run past the containerd role's
+    refusal for 1.36 with its warning.
+    """
+    served = lab.extra.get("repo")
+    if not served:
+        return {"containerd_source": "distribution", "containerd_unsupported_version_enabled": True}
+    url, fingerprint = served["url"], served["fingerprint"]
+    repo_vars: dict[str, Any] = {
+        "lab_repo_url": url,
+        "lab_repo_fingerprint": fingerprint,
+        "kubernetes_apt_repository_url": f"{url}/{repo.K8S_PATH}/",
+        "kubernetes_apt_key_url": f"{url}/{repo.K8S_PATH}/Release.key",
+        "kubernetes_apt_key_fingerprint": fingerprint,
+        "containerd_docker_repo_url": f"{url}/{repo.DOCKER_PATH}",
+        "containerd_docker_gpg_key_url": f"{url}/{repo.DOCKER_PATH}/debian/gpg",
+        "containerd_docker_gpg_fingerprint": fingerprint,
+        "containerd_nvidia_repo_url": f"{url}/{repo.NVIDIA_PATH}/stable/deb",
+        "containerd_nvidia_gpg_key_url": f"{url}/{repo.NVIDIA_PATH}/gpgkey",
+        "containerd_nvidia_gpg_fingerprint": fingerprint,
+    }
+    if lab.kind == "container" and served.get("containerd_io_version"):
+        repo_vars["containerd_source"] = "docker"
+        repo_vars["containerd_docker_version"] = served["containerd_io_version"]
+    else:
+        repo_vars["containerd_source"] = "distribution"
+        repo_vars["containerd_unsupported_version_enabled"] = True
+    return repo_vars
 
 
 def write(lab: Lab) -> Path:

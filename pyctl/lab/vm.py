@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pyctl.config import Settings
 from pyctl.errors import UsageError
-from pyctl.lab import aptcache, image, network
+from pyctl.lab import aptcache, image, network, repo
 from pyctl.lab.errors import LabSetupFailed
 from pyctl.lab.model import BRIDGE, Lab, LabHost
 from pyctl.lab.netns import TOOLS as NETNS_TOOLS
@@ -32,6 +32,7 @@ from pyctl.lab.ssh import HOST_KEY
 TOOLS = {
     **NETNS_TOOLS,
     **aptcache.TOOLS,
+    **repo.TOOLS,
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
     "dnsmasq": "dnsmasq-base",
@@ -62,6 +63,7 @@ def start_lab(lab: Lab, settings: Settings) -> None:
     network.create_taps(lab.namespace, [tap_name(h) for h in lab.hosts])
     _start_dnsmasq(lab)
     lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
+    lab.extra["repo"] = repo.ensure(lab, settings).to_dict()
 
 
 def tap_name(host: LabHost) -> str:

@@ -8,6 +8,8 @@ kubernetes-validate, openapi.json) in /opt/pyctl-test-doubles, wrappers named ku
 (and nvidia-smi on hosts given GPUs) in /usr/local/bin, a do-nothing kubelet.service, and each host's
 settings in /etc/pyctl-test-doubles/config.json. GPU hosts also get the NVIDIA container runtime's double
 (/usr/bin/nvidia-container-runtime, plain runc) so the containerd role configures a real `nvidia` runtime.
+With `packaged=True` those commands come from the doubles' packages instead (debs.py, served by the lab's own
+repository and installed by the roles), and only the doubles' code, settings and nvidia-smi are put here.
 
 Host checks the lab cannot satisfy are waived by name in the settings (`lab_waived_checks`), never
 silently: the kubeadm double prints each as a WARNING naming the reason and records it. Today that is
@@ -70,24 +72,27 @@ def _payload(version: str) -> bytes:
     return buffer.getvalue()
 
 
-def _setup_script(settings: dict[str, Any], gpu: bool) -> str:
+def _setup_script(settings: dict[str, Any], gpu: bool, packaged: bool = False) -> str:
     python = "/usr/bin/python3 /opt/pyctl-test-doubles"
-    tools = {
-        "kubeadm": f'{python}/fake_kubeadm.py "$@"',
-        "kubectl": f'{python}/fake_kubectl.py "$@"',
-        "kubelet": "sleep infinity",
-    }
+    tools = {}
+    if not packaged:
+        tools = {
+            "kubeadm": f'{python}/fake_kubeadm.py "$@"',
+            "kubectl": f'{python}/fake_kubectl.py "$@"',
+            "kubelet": "sleep infinity",
+        }
     if gpu:
         tools["nvidia-smi"] = f'{python}/fake_nvidia_smi.py "$@"'
     lines = ["set -e", "mkdir -p /etc/pyctl-test-doubles /var/log/pyctl-test-doubles"]
-    if gpu:
+    if gpu and not packaged:
         runtime = (HERE / "fake_nvidia_container_runtime").read_text()
         lines.append(f"printf %s {shlex.quote(runtime)} > /usr/bin/nvidia-container-runtime")
         lines.append("chmod 755 /usr/bin/nvidia-container-runtime")
     for tool, command in tools.items():
         text = WRAPPER.format(tool=tool, command=command)
         lines.append(f"printf %s {shlex.quote(text)} > /usr/local/bin/{tool}; chmod 755 /usr/local/bin/{tool}")
-    lines.append(f"printf %s {shlex.quote(KUBELET_UNIT)} > /etc/systemd/system/kubelet.service")
+    if not packaged:
+        lines.append(f"printf %s {shlex.quote(KUBELET_UNIT)} > /etc/systemd/system/kubelet.service")
     lines.append(f"printf %s {shlex.quote(json.dumps(settings))} > /etc/pyctl-test-doubles/config.json")
     lines.append("systemctl daemon-reload")
     return "\n".join(lines)
@@ -101,7 +106,10 @@ def configure(lab: Any, host: str, **settings: Any) -> None:
     lab.ssh(host, f"printf %s {shlex.quote(json.dumps(current))} > /etc/pyctl-test-doubles/config.json", timeout=30)
 
 
-def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.5") -> None:
+def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.5", *, packaged: bool = False) -> None:
+    """With `packaged`, the commands (kubeadm, kubectl, kubelet and its unit, nvidia-container-runtime) come from
+    the doubles' packages in the lab's repository (debs.py), installed by the roles: only the doubles' code,
+    settings and nvidia-smi are put on the hosts here."""
     if lab.kind == "netns":
         raise ValueError("netns lab hosts share this machine's files: install the doubles on container or vm hosts")
     payload = _payload(version)
@@ -118,7 +126,7 @@ def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.
             "rm -rf /opt/pyctl-test-doubles && mkdir -p /opt/pyctl-test-doubles && tar -x -C /opt/pyctl-test-doubles"
         )
         subprocess.run(lab.ssh_argv(host, remote), input=payload, check=True, capture_output=True, timeout=60)
-        script = _setup_script(settings, gpu=count > 0)
+        script = _setup_script(settings, gpu=count > 0, packaged=packaged)
         lab.ssh(host, script, timeout=60)
 
 

@@ -7,9 +7,9 @@ container_runtime for real first: the kubeadm double's preflight checks this hos
 fake cluster reads each node's real `containerd config dump`), a second that changes nothing and mints
 no token, a join interrupted half-way that the next run repairs, the acceptance gate failing by name,
 the doctor's host probe, node add, a node_prep and a containerd regression failing the join with
-kubeadm's own message, no token anywhere pyctl writes, and reset. Package installation from pkgs.k8s.io
-and NVIDIA's repository is switched off in this module's inventory only (kubernetes_packages_enabled,
-containerd_nvidia_toolkit_install_enabled: false; the GPU hosts carry the toolkit's runtime double).
+kubeadm's own message, no token anywhere pyctl writes, and reset. The packages come from the lab's own
+signed repositories (pyctl.lab.repo): containerd 2.x, and kubelet, kubeadm, kubectl, cri-tools and the NVIDIA
+toolkit as the doubles' packages (tests/doubles/debs.py), installed, pinned and held by the roles.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import lab_leftovers, require_root, unique_lab_name
-from tests.doubles import install
+from tests.doubles import debs, install
 
 pytestmark = pytest.mark.lab
 
@@ -62,17 +62,17 @@ class Ctx:
 @pytest.fixture(scope="module")
 def k8s(tmp_path_factory) -> Ctx:
     require_root()
-    from pyctl.lab import LabSpec, down, up
+    from pyctl.config import load_settings
+    from pyctl.lab import LabSpec, down, repo, up
 
     name = unique_lab_name("k")
     try:
         lab = up(LabSpec(name=name, nodes=3, kind="container", gpu_nodes=2)).lab
-        install.install(lab, gpus={"node2": 1, "node3": 2})
+        repo.publish(lab, debs.build(load_settings()))
+        install.install(lab, gpus={"node2": 1, "node3": 2}, packaged=True)
         data = yaml.safe_load(Path(lab.inventory_path).read_text())
         data["all"]["vars"].update(
             {
-                "kubernetes_packages_enabled": False,  # this test's inventory only: no pkgs.k8s.io here
-                "containerd_nvidia_toolkit_install_enabled": False,  # nor NVIDIA's repository
                 "control_plane_api_wait_seconds": 30,
                 "verify_timeout_seconds": 8,
                 "verify_poll_seconds": 1,

@@ -95,6 +95,38 @@ def test_written_inventory_passes_pyctl_check(tmp_path):
     assert node["lab_apt_proxy"] == "http://10.213.7.1:3142"
 
 
+@pytest.mark.parametrize(("kind", "source"), [("container", "docker"), ("vm", "distribution")])
+def test_the_inventory_points_the_roles_at_the_labs_own_repositories(tmp_path, kind, source):
+    lab = _lab(tmp_path, LabSpec(name="x", nodes=2, kind=kind))
+    fingerprint = "0123456789ABCDEF0123456789ABCDEF01234567"
+    lab.extra["repo"] = {
+        "url": "http://10.213.7.1:8080",
+        "fingerprint": fingerprint,
+        "containerd_io_version": "2.1.9-1",
+    }
+    write_ssh_config(lab)
+    result = inventory.check(lab_inventory.write(lab))
+    assert result.ok, result.problems
+    settings = result.cluster.hosts[0].vars
+    assert settings["kubernetes_apt_repository_url"] == "http://10.213.7.1:8080/pkgs.k8s.io/core:/stable:/v1.36/deb/"
+    assert settings["containerd_docker_gpg_key_url"] == "http://10.213.7.1:8080/download.docker.com/linux/debian/gpg"
+    assert (
+        settings["containerd_nvidia_gpg_key_url"]
+        == "http://10.213.7.1:8080/nvidia.github.io/libnvidia-container/gpgkey"
+    )
+    for key in (
+        "kubernetes_apt_key_fingerprint",
+        "containerd_docker_gpg_fingerprint",
+        "containerd_nvidia_gpg_fingerprint",
+    ):
+        assert settings[key] == fingerprint
+    assert "kubernetes_packages_enabled" not in settings
+    # containerd 2.x from the lab's repository on container hosts; VMs keep the distribution's 1.x path
+    assert settings["containerd_source"] == source
+    assert ("containerd_unsupported_version_enabled" in settings) == (kind == "vm")
+    assert settings.get("containerd_docker_version") == ("2.1.9-1" if kind == "container" else None)
+
+
 def test_single_host_lab_is_control_plane_and_nfs_server(tmp_path):
     lab = _lab(tmp_path, LabSpec(name="x", nodes=1, kind="netns"))
     result = inventory.check(lab_inventory.write(lab))
