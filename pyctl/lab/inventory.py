@@ -62,18 +62,28 @@ def repository_vars(lab: Lab) -> dict[str, Any]:
     if not served:
         return {"containerd_source": "distribution", "containerd_unsupported_version_enabled": True}
     url, fingerprint = served["url"], served["fingerprint"]
+    # Through the same mirror settings a user's inventory uses (mirrors_repositories: each repository's URL,
+    # signing key and its fingerprint), so the lab exercises them and `pyctl inventory check` validates them.
     repo_vars: dict[str, Any] = {
         "lab_repo_url": url,
         "lab_repo_fingerprint": fingerprint,
-        "kubernetes_apt_repository_url": f"{url}/{repo.K8S_PATH}/",
-        "kubernetes_apt_key_url": f"{url}/{repo.K8S_PATH}/Release.key",
-        "kubernetes_apt_key_fingerprint": fingerprint,
-        "containerd_docker_repo_url": f"{url}/{repo.DOCKER_PATH}",
-        "containerd_docker_gpg_key_url": f"{url}/{repo.DOCKER_PATH}/debian/gpg",
-        "containerd_docker_gpg_fingerprint": fingerprint,
-        "containerd_nvidia_repo_url": f"{url}/{repo.NVIDIA_PATH}/stable/deb",
-        "containerd_nvidia_gpg_key_url": f"{url}/{repo.NVIDIA_PATH}/gpgkey",
-        "containerd_nvidia_gpg_fingerprint": fingerprint,
+        "mirrors_repositories": {
+            "kubernetes": {
+                "url": f"{url}/{repo.K8S_PATH}/",
+                "key_url": f"{url}/{repo.K8S_PATH}/Release.key",
+                "fingerprint": fingerprint,
+            },
+            "docker": {
+                "url": f"{url}/{repo.DOCKER_PATH}",
+                "key_url": f"{url}/{repo.DOCKER_PATH}/debian/gpg",
+                "fingerprint": fingerprint,
+            },
+            "nvidia": {
+                "url": f"{url}/{repo.NVIDIA_PATH}/stable/deb",
+                "key_url": f"{url}/{repo.NVIDIA_PATH}/gpgkey",
+                "fingerprint": fingerprint,
+            },
+        },
     }
     if lab.kind == "container" and served.get("containerd_io_version"):
         repo_vars["containerd_source"] = "docker"

@@ -108,18 +108,13 @@ def test_the_inventory_points_the_roles_at_the_labs_own_repositories(tmp_path, k
     result = inventory.check(lab_inventory.write(lab))
     assert result.ok, result.problems
     settings = result.cluster.hosts[0].vars
-    assert settings["kubernetes_apt_repository_url"] == "http://10.213.7.1:8080/pkgs.k8s.io/core:/stable:/v1.36/deb/"
-    assert settings["containerd_docker_gpg_key_url"] == "http://10.213.7.1:8080/download.docker.com/linux/debian/gpg"
-    assert (
-        settings["containerd_nvidia_gpg_key_url"]
-        == "http://10.213.7.1:8080/nvidia.github.io/libnvidia-container/gpgkey"
+    mirrors = settings["mirrors_repositories"]
+    assert mirrors["kubernetes"]["url"] == "http://10.213.7.1:8080/pkgs.k8s.io/core:/stable:/v1.36/deb/"
+    assert mirrors["docker"]["key_url"] == "http://10.213.7.1:8080/download.docker.com/linux/debian/gpg"
+    assert mirrors["nvidia"]["key_url"] == "http://10.213.7.1:8080/nvidia.github.io/libnvidia-container/gpgkey"
+    assert {name: mirror["fingerprint"] for name, mirror in mirrors.items()} == dict.fromkeys(
+        ("kubernetes", "docker", "nvidia"), fingerprint
     )
-    for key in (
-        "kubernetes_apt_key_fingerprint",
-        "containerd_docker_gpg_fingerprint",
-        "containerd_nvidia_gpg_fingerprint",
-    ):
-        assert settings[key] == fingerprint
     assert "kubernetes_packages_enabled" not in settings
     # containerd 2.x from the lab's repository on container hosts; VMs keep the distribution's 1.x path
     assert settings["containerd_source"] == source

@@ -85,15 +85,11 @@ def test_the_inventory_points_every_repository_at_the_lab_and_nothing_is_switche
     data = yaml.safe_load(Path(lab.inventory_path).read_text())["all"]["vars"]
     url, fingerprint = data["lab_repo_url"], data["lab_repo_fingerprint"]
     assert url == f"http://{lab.gateway}:8080" and len(fingerprint) == 40
-    assert data["kubernetes_apt_repository_url"] == f"{url}/pkgs.k8s.io/core:/stable:/v1.36/deb/"
-    assert data["containerd_docker_repo_url"] == f"{url}/download.docker.com/linux"
-    assert data["containerd_nvidia_repo_url"] == f"{url}/nvidia.github.io/libnvidia-container/stable/deb"
-    for key in (
-        "kubernetes_apt_key_fingerprint",
-        "containerd_docker_gpg_fingerprint",
-        "containerd_nvidia_gpg_fingerprint",
-    ):
-        assert data[key] == fingerprint
+    mirrors = data["mirrors_repositories"]  # the mirror settings a user's inventory has
+    assert mirrors["kubernetes"]["url"] == f"{url}/pkgs.k8s.io/core:/stable:/v1.36/deb/"
+    assert mirrors["docker"]["url"] == f"{url}/download.docker.com/linux"
+    assert mirrors["nvidia"]["url"] == f"{url}/nvidia.github.io/libnvidia-container/stable/deb"
+    assert {mirror["fingerprint"] for mirror in mirrors.values()} == {fingerprint}
     assert data["containerd_source"] == "docker" and data["containerd_docker_version"] == "2.1.9-1"
     switches = ("kubernetes_packages_enabled", "containerd_nvidia_toolkit_install_enabled")
     assert not [k for k in (*switches, "containerd_unsupported_version_enabled") if k in data]
@@ -152,7 +148,10 @@ def recap(output: str) -> dict[str, int]:
 def test_a_key_with_another_fingerprint_is_refused_by_the_role(lab, first, tmp_path, state):
     assert first.returncode == 0
     data = yaml.safe_load(Path(lab.inventory_path).read_text())
-    data["all"]["vars"]["kubernetes_apt_key_fingerprint"] = "DE15B14486CD377B9E876E1A234654DA9A296436"  # pkgs.k8s.io's
+    # pkgs.k8s.io's own fingerprint for the lab's mirror: the key the mirror serves is not that one
+    data["all"]["vars"]["mirrors_repositories"]["kubernetes"]["fingerprint"] = (
+        "DE15B14486CD377B9E876E1A234654DA9A296436"
+    )
     inventory = tmp_path / "wrong.yml"
     inventory.write_text(yaml.safe_dump(data))
     run = bootstrap(inventory, state, phases="kubernetes")
