@@ -47,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 from pyctl import inventory as inventory_module  # noqa: E402
 from pyctl.lab import cgroups, get  # noqa: E402
 from pyctl.lab.processes import kill_now  # noqa: E402
-from pyctl.runner import read_events  # noqa: E402
 
 PHASES = "prepare_nodes,container_runtime,storage,ssh_trust"
 TARGET_NOOP_S = 60.0  # at 50 hosts
@@ -128,6 +127,13 @@ class Controller:
             self.path.rmdir()
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """The events of a finished run, in order (ansible-runner's job_events folder)."""
+    folder = run_dir / "artifacts" / "ansible" / "job_events"
+    events = [json.loads(p.read_text()) for p in folder.glob("*.json") if not p.name.endswith("-partial.json")]
+    return sorted(events, key=lambda e: e.get("counter", 0))
 
 
 def hosts_cpu(lab, names: list[str]) -> float:

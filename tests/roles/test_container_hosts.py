@@ -111,5 +111,8 @@ def test_a_drop_in_that_replaces_the_cri_section_is_caught(container_lab, invent
     finally:
         container_lab.ssh("node2", f"rm -f {drop_in}")
     assert run.returncode == 1, run.output
-    assert "node2: failed: [container_runtime] Fail when runc does not use the systemd cgroup driver" in run.stderr
+    assert (
+        "node2: failed: [container_runtime] Fail when containerd's effective configuration is not the one pyctl wrote"
+        in run.stderr
+    )
     assert "SystemdCgroup = False" in run.stderr, run.output
