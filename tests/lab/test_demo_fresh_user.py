@@ -82,8 +82,9 @@ def test_the_demo_from_a_machine_without_the_training_user_runs_twice(lab, tmp_p
             assert result.returncode == 0, f"run {attempt}\n{result.stdout[-4000:]}\n{result.stderr[-3000:]}"
             created = _task_results(state, CREATE_TASK)
             if attempt == 1:
-                # One user database, one useradd: the other host sharing it skips.
-                assert sorted(created.values()) == ["changed", "skipped"], created
+                # One user database, one useradd: the other host sharing it does not run it (its probe
+                # leaves the write tasks out, or they skip).
+                assert [kind for kind in created.values() if kind != "skipped"] == ["changed"], created
             else:
                 assert all(changed == 0 for _ok, changed, *_ in recap(result.stdout).values()), result.stdout
             entry = pwd.getpwnam(user)
