@@ -137,12 +137,16 @@ def test_cancel_stops_a_running_job_pods_and_processes(k8s_lab):
     wait_for(lambda: payload_processes(k8s_lab.namespaces) == [], 60, "the payload processes to end")
 
 
-def test_a_queued_job_waits_for_quota_then_kueue_admits_it_whole(k8s_lab):
+def test_a_queued_job_waits_for_quota_then_kueue_admits_it_whole(k8s_lab, tmp_path):
     """ClusterQueue cq holds 1 pod: the 2-pod job waits; with room for 2 it is admitted at once and runs."""
+    # stdout goes to a file: only the reader thread reads stderr (communicate() reading it too would take
+    # lines from the reader).
+    out_path = tmp_path / "stdout"
+    out = out_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "pyctl", *k8s_lab.ddp("--epochs", "1", "--queue", "team-a", "--follow")],
         env=cli_env(k8s_lab.state_dir),
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -158,16 +162,18 @@ def test_a_queued_job_waits_for_quota_then_kueue_admits_it_whole(k8s_lab):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert held.wait(60), "".join(stderr)
+        assert held.wait(300), "".join(stderr)
         job_id = _job_id("".join(stderr))
         assert k8s_lab.api.get("batch", "jobs", job_id)["spec"]["suspend"] is True
         assert k8s_lab.api.list("", "pods", selector=f"job-name={job_id}") == [], "no pod before admission"
         k8s_lab.api.set_quota("cq", {"pods": 2})
-        stdout, _ = process.communicate(timeout=420)
+        process.wait(timeout=420)
     finally:
         if process.poll() is None:
             process.kill()
+        out.close()
     reader.join(timeout=10)
+    stdout = out_path.read_text()
     text = "".join(stderr)
     assert process.returncode == 0, f"{stdout[-3000:]}\n{text}"
     assert "pyctl train: admitted; 2 pod(s) active" in text  # the Job unsuspended by Kueue
