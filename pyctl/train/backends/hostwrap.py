@@ -47,9 +47,9 @@ def become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below `root` (from /proc), deepest first."""
-    children: dict[int, list[int]] = {}
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process (from /proc)."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -58,8 +58,15 @@ def descendants(root: int) -> list[int]:
                 stat = handle.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        parents[int(entry)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    return parents
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below `root` (from /proc), deepest first."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
     found: list[int] = []
     queue = [root]
     while queue:
@@ -95,18 +102,7 @@ def reap(keep: int) -> None:
 
 def direct_children() -> list[int]:
     me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2 :].split()[1]) == me:
-            found.append(int(entry))
-    return found
+    return [pid for pid, parent in _parents().items() if parent == me]
 
 
 def stop_tree(child: subprocess.Popen, grace: float) -> None:
