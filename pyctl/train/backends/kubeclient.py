@@ -206,14 +206,7 @@ class Client:
             service,
             field_validation="Strict",
         )
-        if "configmap" in objects:
-            self._call(
-                "own the script ConfigMap",
-                self.core.patch_namespaced_config_map,
-                objects["configmap"]["metadata"]["name"],
-                namespace,
-                {"metadata": {"ownerReferences": owner}},
-            )
+        self._own_configmap(objects, namespace, owner)
 
     def _submit_trainjob(self, objects: dict[str, Any], namespace: str) -> None:
         """pyctl's ClusterTrainingRuntime when asked (created, or replaced: jobs share it), then the
@@ -253,13 +246,17 @@ class Client:
             objects["trainjob"],
             field_validation="Strict",
         )
+        self._own_configmap(objects, namespace, [ddp_trainjob.owner_reference(created)])
+
+    def _own_configmap(self, objects: dict[str, Any], namespace: str, owner: list[dict[str, Any]]) -> None:
+        """The script ConfigMap (when the job has one) owned by the job, so deleting the job removes it."""
         if "configmap" in objects:
             self._call(
                 "own the script ConfigMap",
                 self.core.patch_namespaced_config_map,
                 objects["configmap"]["metadata"]["name"],
                 namespace,
-                {"metadata": {"ownerReferences": [ddp_trainjob.owner_reference(created)]}},
+                {"metadata": {"ownerReferences": owner}},
             )
 
     def cancel(self, record: JobRecord) -> None:
