@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from pyctl.config import Settings, load_settings
 from pyctl.errors import Interrupted
 from pyctl.lab import cgroups, network, processes, ssh
 from pyctl.lab import inventory as lab_inventory
-from pyctl.lab.errors import LabNameClash, LabNotFound, NotRoot
+from pyctl.lab.errors import LabBootTimeout, LabNameClash, LabNotFound, NotRoot
 from pyctl.lab.locks import locked
 from pyctl.lab.model import (
     LAB_NETWORKS,
@@ -317,6 +317,59 @@ def status(name: str, settings: Settings | None = None) -> LabStatus:
     if lab is None:
         raise LabNotFound(f"no lab named {name!r}", hint=f"make one with 'pyctl lab up --name {name}'")
     return LabStatus(lab, host_statuses(lab))
+
+
+# --- reboot -----------------------------------------------------------------------------------------
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+_IN_A_SECOND = "nohup sh -c 'sleep 1; systemctl {}' >/dev/null 2>&1 &"  # so that the ssh session ends first
+
+
+def reboot(lab: Lab, hosts: Sequence[LabHost | str] | None = None) -> None:
+    """Reboot hosts (default: all) the way their kind reboots, all at once; return when each answers again.
+
+    A VM reboots in place: QEMU stays, the guest's boot id changes. A container host's systemd powers off,
+    nspawn exits, and the lab starts it again on the same upper directory (what a reboot is for a container:
+    its files stay, its processes and mounts do not). A netns host has no boot: its sshd starts again.
+    """
+    targets = [lab.host(h) if isinstance(h, str) else h for h in (lab.hosts if hosts is None else hosts)]
+    if not targets:
+        return
+    with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, len(targets))) as pool:
+        list(pool.map(lambda host: _reboot(lab, host), targets))
+
+
+def _reboot(lab: Lab, host: LabHost) -> None:
+    module = host_driver(host)
+    deadline = time.monotonic() + module.BOOT_TIMEOUT
+
+    def waited_too_long(what: str) -> None:
+        if time.monotonic() > deadline:
+            raise LabBootTimeout(
+                f"lab {lab.name}: host {host.name} did not {what} within {module.BOOT_TIMEOUT:.0f} s of its reboot",
+                hint=f"see {module.console_log(lab, host) or lab.host_dir(host)}",
+            )
+
+    if host.kind == "vm":
+        before = ssh.probe(lab, host, BOOT_ID).stdout.strip()
+        lab.ssh(host, _IN_A_SECOND.format("reboot"), timeout=60)
+        while True:
+            result = ssh.probe(lab, host, BOOT_ID, timeout=20)
+            if result.returncode == 0 and result.stdout.strip() not in ("", before):
+                break
+            waited_too_long("boot again")
+            time.sleep(1)
+    else:
+        before = module.pid(lab, host)
+        if module.SYSTEMD:
+            lab.ssh(host, _IN_A_SECOND.format("poweroff"), timeout=60)
+        else:
+            processes.terminate([before] if before else [])
+        while module.pid(lab, host) == before and before is not None:
+            waited_too_long("stop")
+            time.sleep(0.2)
+        module.start(lab, host)
+    wait_ready(lab, host)
 
 
 def get(name: str, settings: Settings | None = None) -> Lab:

@@ -163,6 +163,11 @@ def test_a_mixed_lab_runs_a_vm_and_a_container_host_on_one_network(lab, capsys):
     for host in mixed.hosts:
         mixed.ssh(host, probe, timeout=60)
 
+    # Each host reboots as its kind does (the VM in place, the container host started again by the lab).
+    boot_ids = {h.name: mixed.ssh(h, lifecycle.BOOT_ID).stdout for h in mixed.hosts}
+    lifecycle.reboot(mixed)
+    assert all(mixed.ssh(h, lifecycle.BOOT_ID).stdout != boot_ids[h.name] for h in mixed.hosts)
+
     assert main(["lab", "status", "--name", mixed.name, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "mixed" and report["healthy"]
