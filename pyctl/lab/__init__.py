@@ -1,4 +1,4 @@
-"""`pyctl lab`: a local multi-host lab (QEMU VMs, systemd-nspawn containers or network namespaces).
+"""`pyctl lab`: a local multi-host lab (QEMU VMs, systemd-nspawn containers, network namespaces, or mixed).
 
 The Python API other code and tests use:
 
