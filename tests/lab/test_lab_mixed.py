@@ -168,6 +168,9 @@ def test_a_mixed_lab_runs_a_vm_and_a_container_host_on_one_network(lab, capsys):
     lifecycle.reboot(mixed)
     assert all(mixed.ssh(h, lifecycle.BOOT_ID).stdout != boot_ids[h.name] for h in mixed.hosts)
 
+    again = lifecycle.up(LabSpec(name=mixed.name, nodes=2, kind="mixed", os="debian-13"))
+    assert not again.changed  # every host healthy by its own driver: nothing to redo
+
     assert main(["lab", "status", "--name", mixed.name, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "mixed" and report["healthy"]
