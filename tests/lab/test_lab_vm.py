@@ -1,5 +1,6 @@
-"""vm labs, for real: QEMU VMs with their own kernel. One 2-VM lab shared by these tests (and by any other
-test in the session asking session_lab for the same shape), because each boot costs a minute under TCG."""
+"""vm hosts, for real: QEMU VMs with their own kernel. These tests run on node1 of the session's 2-host mixed
+lab (a VM and a container host, shared with tests/lab/test_lab_mixed.py), because each VM boot costs a minute
+under TCG; tests/roles boots Debian 12 VMs of its own."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def vms(session_lab):
-    return session_lab(nodes=2, kind="vm")
+    return session_lab(nodes=2, kind="mixed", os="debian-13")
 
 
 def test_vm_hosts_answer_ssh_with_their_own_kernel(vms):
-    for host in vms.hosts:
+    assert [h.name for h in vms.hosts_of("vm")] == ["node1"]
+    for host in vms.hosts_of("vm"):
         out = vms.ssh(
             host.name,
             "hostname; uname -r; systemd-detect-virt; systemctl is-system-running || true; ip -4 -o addr show dev eth0",
@@ -46,7 +48,7 @@ def test_vm_loads_modules_and_has_swap(vms):
 
 def test_vm_installs_packages_through_the_lab_proxy(vms):
     result = vms.ssh(
-        "node2",
+        "node1",
         "apt-get -q update && apt-get install -y -q --no-install-recommends hello && hello",
         timeout=900,
     )
@@ -60,10 +62,11 @@ def test_vm_inventory_is_valid_and_up_again_is_a_no_op(vms):
     assert result.cluster.settings["nfs_allowed_cidr"] == vms.subnet
 
     started = time.monotonic()
-    again = up(LabSpec(name=vms.name, nodes=2, kind="vm"))
+    again = up(LabSpec(name=vms.name, nodes=2, kind="mixed", os="debian-13"))
     assert not again.changed
     assert again.lab.inventory_path == vms.inventory_path
     assert time.monotonic() - started < 60
     report = status(vms.name)
     assert report.healthy
-    assert all(h.kind == "vm" and h.process_alive and h.ssh_ok for h in report.hosts)
+    assert [h.kind for h in report.hosts] == ["vm", "container"]
+    assert all(h.process_alive and h.ssh_ok for h in report.hosts)
