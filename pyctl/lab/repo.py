@@ -284,7 +284,13 @@ def make_key(lab: Lab) -> str:
             env=env,
         )
         listed = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env=env)
+        stop_agent(lab)
     return next(line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:"))
+
+
+def stop_agent(lab: Lab) -> None:
+    """Stop the gpg-agent that signing started for this lab's GNUPGHOME (it would outlive the command)."""
+    run(["gpgconf", "--kill", "gpg-agent"], check=False, env={"GNUPGHOME": str(_gnupg(lab))})
 
 
 def _gpg(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -328,6 +334,7 @@ def write_repositories(lab: Lab, debs: list[Path]) -> None:
         index.write_text(packages, encoding="utf-8")
         _release(lab, dist, ["stable/binary-amd64/Packages"], suite=codename, components="stable", origin="Docker")
     (debian / "gpg").write_text(public, encoding="utf-8")
+    stop_agent(lab)
 
 
 def _scan(directory: Path, subdir: str) -> str:

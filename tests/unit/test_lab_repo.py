@@ -146,6 +146,9 @@ def test_apt_reads_the_signed_repositories_and_refuses_them_under_another_key(tm
     assert refused.returncode == 100 and "NO_PUBKEY" in refused.stderr and "is not signed" in refused.stderr
     assert "1.36.5-1.1" not in refused.stdout  # nothing of the repository was taken
     assert "Invalid 'Date'" not in good.stderr
+    # signing leaves no gpg-agent behind for either key's GNUPGHOME
+    agents = subprocess.run(["pgrep", "-af", "gpg-agent"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in agents, agents
 
 
 def test_the_hosts_apt_reaches_the_labs_repositories_directly_and_the_rest_through_the_proxy(tmp_path):
