@@ -231,7 +231,13 @@ LabNameOpt = Annotated[str, typer.Option("--name", help="Lab name (letters, digi
 @lab_app.command("up")
 def lab_up(  # noqa: PLR0917 - typer passes options by keyword
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Hosts; host 1 is the control plane.")] = 3,
-    kind: Annotated[str, typer.Option("--kind", help="vm (QEMU), container (nspawn) or netns.")] = "vm",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="vm (QEMU), container (nspawn), netns, or mixed (node1 a VM, the others container hosts).",
+        ),
+    ] = "vm",
     gpu_nodes: Annotated[int, typer.Option("--gpu-nodes", help="Mark the last K hosts gpu=true.")] = 0,
     name: LabNameOpt = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the lab as JSON.")] = False,

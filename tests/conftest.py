@@ -38,6 +38,7 @@ def state_dir(tmp_path, monkeypatch):
 #
 #     def test_role(session_lab):
 #         vms = session_lab(nodes=2, kind="vm")        # one lab per shape, shared by the whole session
+#         mixed = session_lab(nodes=3, kind="mixed", os="debian-13")  # node1 a VM, node2..3 container hosts
 #
 # Both need root (mark such tests `@pytest.mark.lab`, and VM ones also `slow`). Lab names are unique per
 # test run, so parallel runs and other engineers' labs on the same machine do not collide; the image cache
@@ -86,14 +87,18 @@ class _Labs:
 
 
 def lab_leftovers(name: str) -> list[str]:
-    """What of lab `name` still exists: namespaces, processes naming its directory, mounts under it."""
+    """What of lab `name` still exists, whatever kinds its hosts were: namespaces, processes naming its
+    directory, mounts under it, container hosts' cgroups and nspawn propagation directories."""
     from pathlib import Path
 
     from pyctl.config import load_settings
-    from pyctl.lab import network, processes
+    from pyctl.lab import cgroups, container, network, processes
 
     directory = load_settings().labs_dir / name
     found = [f"namespace {ns}" for ns in network.lab_namespaces(name)]
+    found += [f"cgroup {path}" for path in cgroups.lab_paths(name) if path.exists()]
+    if container.PROPAGATE_DIR.is_dir():
+        found += [f"nspawn {p}" for p in container.PROPAGATE_DIR.glob(f"pyctl-{name}-node*")]
     found += [f"process {pid}" for pid in processes.pids_mentioning(str(directory))]
     mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
     found += [f"mount under {directory}" for line in mounts.splitlines() if f" {directory}/" in line]
@@ -120,15 +125,15 @@ def lab() -> Iterator[Callable[..., object]]:
 
 @pytest.fixture(scope="session")
 def session_lab() -> Iterator[Callable[..., object]]:
-    """Factory shared by the session: one lab per (kind, nodes, gpu_nodes), made on first use."""
+    """Factory shared by the session: one lab per shape (kind, nodes, gpu_nodes, os...), made on first use."""
     labs = _Labs("s")
-    made: dict[tuple[str, int, int], object] = {}
+    made: dict[tuple, object] = {}
 
-    def get(nodes: int = 2, kind: str = "vm", gpu_nodes: int = 0):
-        key = (kind, nodes, gpu_nodes)
+    def get(nodes: int = 2, kind: str = "vm", gpu_nodes: int = 0, **extra):
+        key = (kind, nodes, gpu_nodes, *sorted(extra.items()))
         if key not in made:
             try:
-                made[key] = labs.make(nodes=nodes, kind=kind, gpu_nodes=gpu_nodes)
+                made[key] = labs.make(nodes=nodes, kind=kind, gpu_nodes=gpu_nodes, **extra)
             except Exception as exc:  # remembered: the next test sharing this lab fails at once, not slowly
                 made[key] = exc
                 raise

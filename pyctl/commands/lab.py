@@ -23,7 +23,7 @@ def run_up(spec: LabSpec, as_json: bool) -> int:
         hosts = ", ".join(f"{h.name}={h.address}" for h in lab.hosts)
         _progress(f"lab {lab.name} is up in {result.seconds:.1f} s: {hosts}")
     else:
-        _progress(f"lab {lab.name} is already up ({lab.nodes} {lab.kind} hosts): nothing to do")
+        _progress(f"lab {lab.name} is already up ({lab.describe()}): nothing to do")
     for note in result.notes:
         _progress(note)
     _progress(f"ssh: ssh -F {lab.ssh_config_path} {lab.hosts[0].name}")

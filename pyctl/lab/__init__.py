@@ -1,4 +1,4 @@
-"""`pyctl lab`: a local multi-host lab (QEMU VMs, systemd-nspawn containers or network namespaces).
+"""`pyctl lab`: a local multi-host lab (QEMU VMs, systemd-nspawn containers, network namespaces, or mixed).
 
 The Python API other code and tests use:
 
@@ -8,6 +8,7 @@ The Python API other code and tests use:
     lab.inventory_path            # YAML inventory that passes pyctl.inventory.check
     lab.ssh(lab.hosts[1], "hostname").stdout
     lab.connection("node2")       # a fabric Connection through the lab's ssh_config
+    reboot(lab, ["node2"])        # as its kind reboots (VM, container or netns host); back when it answers
     down("demo")
 
 Everything a lab makes lives inside its own network namespaces and under `settings.labs_dir / NAME`.
@@ -22,6 +23,7 @@ from pyctl.lab.lifecycle import (
     down_all,
     get,
     names,
+    reboot,
     status,
     up,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "down_all",
     "get",
     "names",
+    "reboot",
     "status",
     "up",
 ]

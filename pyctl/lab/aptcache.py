@@ -117,14 +117,14 @@ def bridge(lab: Lab, port: int) -> str:
 
 
 def release(settings: Settings, leaving: str) -> None:
-    """Stop the shared proxy when no other vm or container lab is left to use it."""
+    """Stop the shared proxy when no other lab with vm or container hosts is left to use it."""
     base = root(settings)
     with locked(base / ".lock"):
         for directory in lab_dirs(settings.labs_dir):
             if directory.name == leaving:
                 continue
             lab = Lab.load(directory)
-            if lab is not None and lab.kind in ("vm", "container"):
+            if lab is not None and lab.uses_services:
                 return
         stop(settings)
 

@@ -60,17 +60,16 @@ def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> No
     lab.extra["apt_cache_port"] = aptcache.ensure(settings)
 
 
-def start_lab(lab: Lab, settings: Settings) -> None:
+def start_lab(lab: Lab, hosts: list[LabHost]) -> None:
+    """Each container host's network namespace on the lab bridge, its sysctls, and room for its systemd."""
     network.create_host_namespaces(
         lab.namespace,
-        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in lab.hosts if h.namespace],
+        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in hosts if h.namespace],
         lab.network.prefixlen,
         lab.dir,
     )
-    set_host_sysctls([h.namespace for h in lab.hosts if h.namespace])
-    raise_inotify_limits(lab.nodes)
-    lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
-    lab.extra["repo"] = repo.ensure(lab, settings).to_dict()
+    set_host_sysctls([h.namespace for h in hosts if h.namespace])
+    raise_inotify_limits(len(hosts))
 
 
 def set_host_sysctls(namespaces: list[str], sysctls: dict[str, str] | None = None) -> None:

@@ -3,6 +3,10 @@
 Host vars live under `all.hosts` (each host once); the groups list their members. Ansible reaches the
 hosts through the lab's ssh_config (`ansible_ssh_common_args: -F ...`), which holds the ProxyCommand into
 the lab namespace, the lab key and the pinned host keys.
+
+What depends on a host's kind (`lab_kind`, which containerd it runs) is worked out per host
+(`kind_vars`); a value every host shares is written once in `all.vars`, one that differs (a mixed lab's
+VM and container hosts) in each host's vars.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ def content(lab: Lab) -> dict[str, Any]:
         "ansible_ssh_common_args": f"-F {shlex.quote(str(lab.ssh_config_path))}",
         "ansible_python_interpreter": "/usr/bin/python3",
         "lab_name": lab.name,
-        "lab_kind": lab.kind,
         # The interface carrying each host's lab address, the same on every host: training launchers
         # pin GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME to it.
         "lab_iface": HOST_IFACE,
@@ -36,9 +39,17 @@ def content(lab: Lab) -> dict[str, Any]:
     if lab.apt_proxy:
         all_vars["lab_apt_proxy"] = lab.apt_proxy
     all_vars.update(repository_vars(lab))
+    per_host = {h.name: kind_vars(lab, h.kind) for h in lab.hosts}
+    shared = {
+        key: value
+        for key, value in per_host[lab.hosts[0].name].items()
+        if all(key in hv and hv[key] == value for hv in per_host.values())
+    }
+    all_vars.update(shared)
     hosts: dict[str, Any] = {}
     for host in lab.hosts:
         hvars: dict[str, Any] = {"ansible_host": host.address}
+        hvars.update({k: v for k, v in per_host[host.name].items() if k not in shared})
         if host.gpu:
             hvars["gpu"] = True
         hosts[host.name] = hvars
@@ -50,17 +61,30 @@ def content(lab: Lab) -> dict[str, Any]:
     return {"all": {"vars": all_vars, "hosts": hosts, "children": children}}
 
 
-def repository_vars(lab: Lab) -> dict[str, Any]:
-    """The roles' repository settings pointed at the lab's own signed repositories (pyctl.lab.repo).
+def kind_vars(lab: Lab, kind: str) -> dict[str, Any]:
+    """The settings of a host of `kind` (vm, container, netns) in this lab: `lab_kind` and its containerd.
 
     Container hosts run containerd 2.x from the lab's Docker-shaped repository (unless the lab could not get
-    Debian's containerd 2.x from the configured mirror: see repo-note.txt in the lab directory). VM hosts keep Debian's
-    containerd 1.x (the path pyctl still supports for Kubernetes <= 1.35), run past the containerd role's
-    refusal for 1.36 with its warning.
+    Debian's containerd 2.x from the configured mirror: see repo-note.txt in the lab directory). VM and netns
+    hosts keep Debian's containerd 1.x (the path pyctl still supports for Kubernetes <= 1.35), run past the
+    containerd role's refusal for 1.36 with its warning.
     """
+    out: dict[str, Any] = {"lab_kind": kind}
+    served = lab.extra.get("repo") or {}
+    if kind == "container" and served.get("containerd_io_version"):
+        out["containerd_source"] = "docker"
+        out["containerd_docker_version"] = served["containerd_io_version"]
+    else:
+        out["containerd_source"] = "distribution"
+        out["containerd_unsupported_version_enabled"] = True
+    return out
+
+
+def repository_vars(lab: Lab) -> dict[str, Any]:
+    """The roles' repository settings pointed at the lab's own signed repositories (pyctl.lab.repo)."""
     served = lab.extra.get("repo")
     if not served:
-        return {"containerd_source": "distribution", "containerd_unsupported_version_enabled": True}
+        return {}
     url, fingerprint = served["url"], served["fingerprint"]
     # Through the same mirror settings a user's inventory uses (mirrors_repositories: each repository's URL,
     # signing key and its fingerprint), so the lab exercises them and `pyctl inventory check` validates them.
@@ -85,18 +109,12 @@ def repository_vars(lab: Lab) -> dict[str, Any]:
             },
         },
     }
-    if lab.kind == "container" and served.get("containerd_io_version"):
-        repo_vars["containerd_source"] = "docker"
-        repo_vars["containerd_docker_version"] = served["containerd_io_version"]
-    else:
-        repo_vars["containerd_source"] = "distribution"
-        repo_vars["containerd_unsupported_version_enabled"] = True
     return repo_vars
 
 
 def write(lab: Lab) -> Path:
     header = (
-        f"# Written by 'pyctl lab up' for lab {lab.name!r} ({lab.kind}, {lab.nodes} hosts) on every up.\n"
+        f"# Written by 'pyctl lab up' for lab {lab.name!r} ({lab.kind}: {lab.describe()}) on every up.\n"
         f"# SSH by hand: ssh -F {lab.ssh_config_path} {lab.hosts[0].name}\n---\n"
     )
     body = yaml.safe_dump(content(lab), default_flow_style=False, sort_keys=False, width=1000)

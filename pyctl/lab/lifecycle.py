@@ -5,13 +5,16 @@ part (a crash, a reboot, a failed boot) is torn down and made again. `down` work
 *and* from what it finds on the machine (namespaces carrying the lab's marker, processes inside them or
 naming the lab directory, mounts under it), so it also cleans up after a crash. Both are serialised per
 lab name with a file lock.
+
+Everything that depends on what a host is goes through its own kind's driver (`driver(host.kind)`), so a
+mixed lab (node1 a VM, the others container hosts) is started, checked and taken down host by host.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +25,12 @@ from pyctl.config import Settings, load_settings
 from pyctl.errors import Interrupted
 from pyctl.lab import cgroups, network, processes, ssh
 from pyctl.lab import inventory as lab_inventory
-from pyctl.lab.errors import LabNameClash, LabNotFound, NotRoot
+from pyctl.lab.errors import LabBootTimeout, LabNameClash, LabNotFound, NotRoot
 from pyctl.lab.locks import locked
 from pyctl.lab.model import (
     LAB_NETWORKS,
     Lab,
+    LabHost,
     LabSpec,
     check_name,
     is_root,
@@ -58,6 +62,11 @@ def driver(kind: str) -> ModuleType:
     return module
 
 
+def host_driver(host: LabHost) -> ModuleType:
+    """The driver of one host's kind."""
+    return driver(host.kind)
+
+
 def _lock(settings: Settings, name: str) -> Any:
     return locked(settings.labs_dir / ".locks" / name)
 
@@ -83,11 +92,11 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
     settings = settings or load_settings()
     progress = progress or _quiet
     start = time.monotonic()
-    module = driver(spec.kind)
     from pyctl.lab import prereqs
 
+    tools = {name: package for kind in spec.host_kinds for name, package in driver(kind).TOOLS.items()}
     with locked(settings.state_dir / "cache" / ".locks" / "apt"):
-        prereqs.ensure(module.TOOLS, what=f"pyctl lab ({spec.kind})", progress=progress)
+        prereqs.ensure(tools, what=f"pyctl lab ({spec.kind})", progress=progress)
     directory = lab_dir(settings, spec.name)
     notes: list[str] = []
     with _lock(settings, spec.name):
@@ -99,7 +108,7 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
                     f"not {spec.nodes} {spec.kind} host(s) ({spec.os})",
                     hint=f"run 'pyctl lab down --name {spec.name}' first, or pick another --name",
                 )
-            if existing.phase == "ready" and not unhealthy_hosts(existing, module):
+            if existing.phase == "ready" and not unhealthy_hosts(existing):
                 if existing.gpu_nodes != spec.gpu_nodes:
                     existing.gpu_nodes = spec.gpu_nodes
                     existing.hosts = plan_hosts(spec, existing.subnet)
@@ -113,7 +122,7 @@ def up(spec: LabSpec, settings: Settings | None = None, progress: Progress | Non
         else:
             _check_foreign(settings, spec.name)
         try:
-            lab = _create(settings, spec, module, progress)
+            lab = _create(settings, spec, progress)
         except KeyboardInterrupt as exc:
             raise Interrupted(
                 f"interrupted while making lab {spec.name}: it is half made",
@@ -149,7 +158,7 @@ def _allocate_subnet(settings: Settings, name: str) -> str:
     raise LabNameClash(f"no free lab subnet in {LAB_NETWORKS}", hint="take down labs you no longer need")
 
 
-def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Progress) -> Lab:
+def _create(settings: Settings, spec: LabSpec, progress: Progress) -> Lab:
     directory = lab_dir(settings, spec.name)
     remove_tree(directory)
     directory.mkdir(parents=True, mode=0o700)
@@ -168,40 +177,61 @@ def _create(settings: Settings, spec: LabSpec, module: ModuleType, progress: Pro
             os=spec.os,
         )
         lab.save()  # first, so that down finds whatever the next steps leave if they fail
-    module.prepare(lab, settings, progress)
+    for kind in lab.host_kinds:
+        driver(kind).prepare(lab, settings, progress)
     lab.save()
     network.create_lab_namespace(lab.namespace, lab.gateway, lab.network.prefixlen, lab.dir)
     ssh.make_keys(lab)
     ssh.write_ssh_config(lab)
-    module.start_lab(lab, settings)
-    progress(f"starting {lab.nodes} {lab.kind} host(s)")
-    if getattr(module, "PARALLEL_START", False):
-        with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes)) as pool:
-            list(pool.map(lambda host: module.start(lab, host), lab.hosts))
-    else:
-        for host in lab.hosts:
-            module.start(lab, host)
+    for kind in lab.host_kinds:
+        driver(kind).start_lab(lab, lab.hosts_of(kind))
+    if lab.uses_services:
+        _start_services(lab, settings)
+    progress(f"starting {lab.describe()}")
+    # Kind by kind, VMs first (the slowest to boot); hosts of a kind whose driver allows it all at once.
+    for kind in sorted(lab.host_kinds, key=lambda k: k != "vm"):
+        module, hosts = driver(kind), lab.hosts_of(kind)
+        if getattr(module, "PARALLEL_START", False):
+            with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, len(hosts))) as pool:
+                list(pool.map(lambda host, module=module: module.start(lab, host), hosts))
+        else:
+            for host in hosts:
+                module.start(lab, host)
     progress(f"waiting for {lab.host_names()} to answer SSH")
-    _wait_all(lab, module)
+    _wait_all(lab)
     lab.phase = "ready"
     lab.save()
     lab_inventory.write(lab)
     return lab
 
 
-def _wait_all(lab: Lab, module: ModuleType) -> None:
+def _start_services(lab: Lab, settings: Settings) -> None:
+    """What vm and container hosts use on the lab's gateway: the apt proxy bridge and the repository server."""
+    from pyctl.lab import aptcache, repo
+
+    lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
+    lab.extra["repo"] = repo.ensure(lab, settings).to_dict()
+
+
+def wait_ready(lab: Lab, host: LabHost, alive: Callable[[], bool] | None = None) -> None:
+    """Wait until `host` answers SSH (and its systemd has booted), as its kind's driver says; raises LabBootTimeout."""
+    module = host_driver(host)
+    ssh.wait_ready(
+        lab,
+        host,
+        timeout=module.BOOT_TIMEOUT,
+        systemd=module.SYSTEMD,
+        console_log=module.console_log(lab, host),
+        alive=lambda: (alive is None or alive()) and module.pid(lab, host) is not None,
+    )
+
+
+def _wait_all(lab: Lab) -> None:
     """Wait for every host in parallel; the first failure is raised at once and stops the other waits."""
     failed = threading.Event()
 
-    def wait(host: Any) -> None:
-        ssh.wait_ready(
-            lab,
-            host,
-            timeout=module.BOOT_TIMEOUT,
-            systemd=module.SYSTEMD,
-            console_log=module.console_log(lab, host),
-            alive=lambda: not failed.is_set() and module.pid(lab, host) is not None,
-        )
+    def wait(host: LabHost) -> None:
+        wait_ready(lab, host, alive=lambda: not failed.is_set())
 
     # One waiter per host: each mostly waits on its ssh, and a host's boot does not wait on another's.
     pool = ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes))
@@ -266,18 +296,18 @@ class LabStatus:
         }
 
 
-def host_statuses(lab: Lab, module: ModuleType) -> list[HostStatus]:
-    def one(host: Any) -> HostStatus:
-        pid = module.pid(lab, host)
+def host_statuses(lab: Lab) -> list[HostStatus]:
+    def one(host: LabHost) -> HostStatus:
+        pid = host_driver(host).pid(lab, host)
         ok = pid is not None and ssh.reachable(lab, host)
-        return HostStatus(host.name, host.address, lab.kind, list(host.groups), host.gpu, pid, pid is not None, ok)
+        return HostStatus(host.name, host.address, host.kind, list(host.groups), host.gpu, pid, pid is not None, ok)
 
     with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, lab.nodes)) as pool:
         return list(pool.map(one, lab.hosts))
 
 
-def unhealthy_hosts(lab: Lab, module: ModuleType) -> list[str]:
-    return [h.name for h in host_statuses(lab, module) if not h.healthy]
+def unhealthy_hosts(lab: Lab) -> list[str]:
+    return [h.name for h in host_statuses(lab) if not h.healthy]
 
 
 def status(name: str, settings: Settings | None = None) -> LabStatus:
@@ -286,7 +316,60 @@ def status(name: str, settings: Settings | None = None) -> LabStatus:
     lab = Lab.load(lab_dir(settings, name))
     if lab is None:
         raise LabNotFound(f"no lab named {name!r}", hint=f"make one with 'pyctl lab up --name {name}'")
-    return LabStatus(lab, host_statuses(lab, driver(lab.kind)))
+    return LabStatus(lab, host_statuses(lab))
+
+
+# --- reboot -----------------------------------------------------------------------------------------
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+_IN_A_SECOND = "nohup sh -c 'sleep 1; systemctl {}' >/dev/null 2>&1 &"  # so that the ssh session ends first
+
+
+def reboot(lab: Lab, hosts: Sequence[LabHost | str] | None = None) -> None:
+    """Reboot hosts (default: all) the way their kind reboots, all at once; return when each answers again.
+
+    A VM reboots in place: QEMU stays, the guest's boot id changes. A container host's systemd powers off,
+    nspawn exits, and the lab starts it again on the same upper directory (what a reboot is for a container:
+    its files stay, its processes and mounts do not). A netns host has no boot: its sshd starts again.
+    """
+    targets = [lab.host(h) if isinstance(h, str) else h for h in (lab.hosts if hosts is None else hosts)]
+    if not targets:
+        return
+    with ThreadPoolExecutor(max_workers=min(MAX_WAITERS, len(targets))) as pool:
+        list(pool.map(lambda host: _reboot(lab, host), targets))
+
+
+def _reboot(lab: Lab, host: LabHost) -> None:
+    module = host_driver(host)
+    deadline = time.monotonic() + module.BOOT_TIMEOUT
+
+    def waited_too_long(what: str) -> None:
+        if time.monotonic() > deadline:
+            raise LabBootTimeout(
+                f"lab {lab.name}: host {host.name} did not {what} within {module.BOOT_TIMEOUT:.0f} s of its reboot",
+                hint=f"see {module.console_log(lab, host) or lab.host_dir(host)}",
+            )
+
+    if host.kind == "vm":
+        before = ssh.probe(lab, host, BOOT_ID).stdout.strip()
+        lab.ssh(host, _IN_A_SECOND.format("reboot"), timeout=60)
+        while True:
+            result = ssh.probe(lab, host, BOOT_ID, timeout=20)
+            if result.returncode == 0 and result.stdout.strip() not in ("", before):
+                break
+            waited_too_long("boot again")
+            time.sleep(1)
+    else:
+        before = module.pid(lab, host)
+        if module.SYSTEMD:
+            lab.ssh(host, _IN_A_SECOND.format("poweroff"), timeout=60)
+        else:
+            processes.terminate([before] if before else [])
+        while module.pid(lab, host) == before and before is not None:
+            waited_too_long("stop")
+            time.sleep(0.2)
+        module.start(lab, host)
+    wait_ready(lab, host)
 
 
 def get(name: str, settings: Settings | None = None) -> Lab:
@@ -377,7 +460,7 @@ def _teardown(settings: Settings, name: str, lab: Lab | None) -> DownResult:
 
     container.cleanup(name)
     cgroups.remove(name)
-    if lab is None or lab.kind in ("vm", "container"):
+    if lab is None or lab.uses_services:
         from pyctl.lab import aptcache
 
         aptcache.release(settings, name)

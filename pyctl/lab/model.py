@@ -4,6 +4,11 @@ A lab named NAME lives in `settings.labs_dir / NAME`. Its network is one namespa
 a bridge (`br0`) with the lab's gateway address. Host i is `node<i>` at `<subnet>.<10 + i>`. netns and
 container hosts each get their own namespace `pyctl-NAME.node<i>` joined to the bridge by a veth whose
 host end is `eth0`; VMs get a tap on the bridge and `eth0` inside (net.ifnames=0).
+
+Every host records its own kind. A lab of one kind has hosts of that kind; a `mixed` lab has node1 (the
+control plane and NFS server) as a VM, which has the kernel an NFS server needs, and its workers as
+container hosts, which cost seconds to start rather than a VM's minute under TCG. Taps and veths sit on the
+same bridge, so every host reaches every other and the gateway's services whatever its kind.
 """
 
 from __future__ import annotations
@@ -22,12 +27,17 @@ from typing import Any
 
 from pyctl.errors import UsageError
 
-KINDS = ("vm", "container", "netns")
+HOST_KINDS = ("vm", "container", "netns")  # what one host can be
+KINDS = (*HOST_KINDS, "mixed")  # what a lab can be: one host kind for all, or mixed (node1 vm, the rest container)
 DEFAULT_KIND = "vm"
 DEFAULT_NAME = "default"
 DEFAULT_NODES = 3
 # Per kind: a VM needs 1 GiB; a container or netns host a few MiB (addresses: the /24 holds .11 to .254).
-MAX_NODES = {"vm": 50, "container": 100, "netns": 200}
+# A mixed lab has one VM and container hosts after it.
+MAX_NODES = {"vm": 50, "container": 100, "netns": 200, "mixed": 100}
+MIN_NODES = {"mixed": 2}
+# Host kinds that boot the lab image and use the lab's services on its gateway (apt proxy, repository server).
+SERVICE_KINDS = ("vm", "container")
 
 NAMESPACE_PREFIX = "pyctl-"
 BRIDGE = "br0"
@@ -70,8 +80,13 @@ class LabSpec:
         check_name(self.name)
         if self.kind not in KINDS:
             raise UsageError(f"lab kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if not 1 <= self.nodes <= MAX_NODES[self.kind]:
-            raise UsageError(f"--nodes {self.nodes}: a {self.kind} lab has 1 to {MAX_NODES[self.kind]} hosts")
+        if self.kind == "mixed" and self.nodes == 1:
+            raise UsageError(
+                "--nodes 1: a mixed lab is a VM (node1) and container hosts after it; for one host use --kind vm"
+            )
+        low = MIN_NODES.get(self.kind, 1)
+        if not low <= self.nodes <= MAX_NODES[self.kind]:
+            raise UsageError(f"--nodes {self.nodes}: a {self.kind} lab has {low} to {MAX_NODES[self.kind]} hosts")
         if not 0 <= self.gpu_nodes <= self.nodes:
             raise UsageError(f"--gpu-nodes {self.gpu_nodes}: give 0 to {self.nodes} (the lab has {self.nodes} hosts)")
         if self.vm_memory_mib < 256 or self.vm_cpus < 1:
@@ -84,6 +99,18 @@ class LabSpec:
             raise UsageError(f"--os {self.os}: netns hosts run this machine's own system; use --kind container or vm")
         return self
 
+    @property
+    def host_kinds(self) -> tuple[str, ...]:
+        """The kinds of host this lab will have, in the order of its hosts."""
+        return tuple(dict.fromkeys(host_kind(self.kind, i) for i in range(1, self.nodes + 1)))
+
+
+def host_kind(lab_kind: str, index: int) -> str:
+    """The kind of host `node<index>` is in a lab of `lab_kind`: mixed labs have node1 a VM, the rest containers."""
+    if lab_kind == "mixed":
+        return "vm" if index == 1 else "container"
+    return lab_kind
+
 
 @dataclass(frozen=True)
 class LabHost:
@@ -94,6 +121,7 @@ class LabHost:
     gpu: bool
     namespace: str | None = None  # netns and container hosts: the host's own network namespace
     mac: str | None = None  # VMs: the MAC dnsmasq hands the address to
+    kind: str = DEFAULT_KIND  # vm, container or netns (HOST_KINDS): which driver starts it
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -110,7 +138,7 @@ class Lab:
     """A lab as recorded in its state file. Paths are derived from `dir`."""
 
     name: str
-    kind: str
+    kind: str  # one of KINDS; each host's own kind is host.kind
     dir: Path
     subnet: str
     hosts: list[LabHost]
@@ -180,9 +208,27 @@ class Lab:
     def host_names(self) -> str:
         return ", ".join(h.name for h in self.hosts)
 
+    @property
+    def host_kinds(self) -> tuple[str, ...]:
+        """The kinds of its hosts, each once, in host order (one for a lab of one kind)."""
+        return tuple(dict.fromkeys(h.kind for h in self.hosts))
+
+    @property
+    def uses_services(self) -> bool:
+        """Whether any host uses the lab's apt proxy and repository server (vm and container hosts do)."""
+        return any(h.kind in SERVICE_KINDS for h in self.hosts)
+
+    def hosts_of(self, kind: str) -> list[LabHost]:
+        return [h for h in self.hosts if h.kind == kind]
+
+    def describe(self) -> str:
+        """'3 vm hosts' or '1 vm + 2 container hosts'."""
+        counts = " + ".join(f"{len(self.hosts_of(k))} {k}" for k in self.host_kinds)
+        return f"{counts} host{'s' if self.nodes != 1 else ''}"
+
     def same_shape(self, spec: LabSpec) -> bool:
         return (self.kind, self.nodes, self.os) == (spec.kind, spec.nodes, spec.os) and (
-            self.kind != "vm" or (self.vm_memory_mib, self.vm_cpus) == (spec.vm_memory_mib, spec.vm_cpus)
+            "vm" not in self.host_kinds or (self.vm_memory_mib, self.vm_cpus) == (spec.vm_memory_mib, spec.vm_cpus)
         )
 
     # --- using the lab ------------------------------------------------------------------------
@@ -269,7 +315,7 @@ class Lab:
                 {
                     "name": h.name,
                     "address": h.address,
-                    "kind": self.kind,
+                    "kind": h.kind,
                     "groups": list(h.groups),
                     "gpu": h.gpu,
                 }
@@ -295,7 +341,8 @@ class Lab:
                 kind=data["kind"],
                 dir=directory,
                 subnet=data["subnet"],
-                hosts=[LabHost.from_dict(h) for h in data["hosts"]],
+                # A state file written before hosts carried their kind: every host is of the lab's kind.
+                hosts=[LabHost.from_dict({"kind": data["kind"], **h}) for h in data["hosts"]],
                 gpu_nodes=data.get("gpu_nodes", 0),
                 vm_memory_mib=data.get("vm_memory_mib", 1024),
                 vm_cpus=data.get("vm_cpus", 1),
@@ -337,6 +384,7 @@ def plan_hosts(spec: LabSpec, subnet: str) -> list[LabHost]:
         if spec.nodes == 1:
             groups = ("control_plane", "nfs_server")
         address = str(network.network_address + HOST_OFFSET + index)
+        kind = host_kind(spec.kind, index)
         hosts.append(
             LabHost(
                 name=name,
@@ -344,8 +392,9 @@ def plan_hosts(spec: LabSpec, subnet: str) -> list[LabHost]:
                 address=address,
                 groups=groups,
                 gpu=index > spec.nodes - spec.gpu_nodes,
-                namespace=host_namespace_name(spec.name, name) if spec.kind in ("netns", "container") else None,
-                mac=_mac(network, index) if spec.kind == "vm" else None,
+                namespace=host_namespace_name(spec.name, name) if kind in ("netns", "container") else None,
+                mac=_mac(network, index) if kind == "vm" else None,
+                kind=kind,
             )
         )
     return hosts

@@ -82,11 +82,11 @@ def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> No
     """Nothing to build: netns hosts run this machine's own sshd."""
 
 
-def start_lab(lab: Lab, settings: Settings) -> None:
+def start_lab(lab: Lab, hosts: list[LabHost]) -> None:
     """Make each host's namespace and join it to the lab bridge."""
     network.create_host_namespaces(
         lab.namespace,
-        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in lab.hosts if h.namespace],
+        [network.HostLink(h.namespace, f"v-{h.name}", h.address) for h in hosts if h.namespace],
         lab.network.prefixlen,
         lab.dir,
     )

@@ -58,19 +58,17 @@ def prepare(lab: Lab, settings: Settings, progress: Callable[[str], None]) -> No
     lab.extra["apt_cache_port"] = aptcache.ensure(settings)
 
 
-def start_lab(lab: Lab, settings: Settings) -> None:
-    """Taps on the bridge, dnsmasq for the fixed addresses, and the apt proxy bridge."""
-    network.create_taps(lab.namespace, [tap_name(h) for h in lab.hosts])
-    _start_dnsmasq(lab)
-    lab.apt_proxy = aptcache.bridge(lab, lab.extra["apt_cache_port"])
-    lab.extra["repo"] = repo.ensure(lab, settings).to_dict()
+def start_lab(lab: Lab, hosts: list[LabHost]) -> None:
+    """A tap per VM on the lab bridge, and dnsmasq there handing each VM its fixed address."""
+    network.create_taps(lab.namespace, [tap_name(h) for h in hosts])
+    _start_dnsmasq(lab, hosts)
 
 
 def tap_name(host: LabHost) -> str:
     return f"t-{host.name}"
 
 
-def _start_dnsmasq(lab: Lab) -> None:
+def _start_dnsmasq(lab: Lab, hosts: list[LabHost]) -> None:
     conf = lab.dir / "dnsmasq.conf"
     lines = [
         "# pyctl lab: fixed addresses by MAC on the lab bridge; no DNS (port=0), no lease file.",
@@ -88,7 +86,7 @@ def _start_dnsmasq(lab: Lab) -> None:
         "log-dhcp",
         "user=nobody",
     ]
-    lines += [f"dhcp-host={h.mac},{h.address},{h.name},infinite" for h in lab.hosts]
+    lines += [f"dhcp-host={h.mac},{h.address},{h.name},infinite" for h in hosts]
     conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run(
         ["nsenter", f"--net={network.ns_path(lab.namespace)}", "dnsmasq", f"--conf-file={conf}"],
