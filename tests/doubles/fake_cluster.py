@@ -32,7 +32,8 @@ derives status the way the real components would, so pyctl's phases meet realist
 
 Upstream versions: Kubernetes 1.36 (API server, kubelet, EndpointSlice), containerd 1.6/1.7/2.x CRI
 plugin, flannel v0.28.9, NVIDIA device plugin (crash-loops without NVML). It is a model, not Kubernetes:
-nothing here runs containers. Standard library plus PyYAML only.
+nothing here runs containers. Standard library plus PyYAML only. Its process is named kube-apiserver (the
+name `ss -p` shows for the real API server's process), so a re-run's preflight knows port 6443 as the cluster's own.
     fake_cluster.py serve --state FILE --listen ADDR:PORT
 """
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import hashlib
 import json
 import re
@@ -705,7 +707,16 @@ class Cluster:
         return 0, "\n".join(lines), ""
 
 
+PROCESS_NAME = b"kube-apiserver"  # what the real API server's process is called (its comm, as ss -p shows it)
+
+
+def name_process(name: bytes = PROCESS_NAME) -> None:
+    """Set this process's comm (prctl PR_SET_NAME), as the static pod's kube-apiserver process has it."""
+    ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name), 0, 0, 0)
+
+
 def serve(state: Path, listen: str) -> None:
+    name_process()
     cluster = Cluster(state)
     host, _, port = listen.rpartition(":")
 
