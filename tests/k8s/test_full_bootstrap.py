@@ -246,9 +246,9 @@ def test_ddp_and_distdgl_through_the_k8s_backend_finish_with_their_accuracy(e2e)
     with full_lab.api_double(e2e.lab, e2e.work / "api", e2e.state, e2e.inventory, share, dgl_python) as api:
         assert [(n.name, n.gpus) for n in api.nodes] == [("node2", 0), ("node3", 1)]
         inventory = str(e2e.inventory)
-        common = ["-i", inventory, "--backend", "k8s", "--nodes", "2", "--start-timeout", "120", "--follow"]
+        common = ["-i", inventory, "--backend", "k8s", "--start-timeout", "120", "--follow"]
         start = time.monotonic()
-        ddp = e2e.pyctl("train", "ddp", *common, *FAST_DDP, timeout=600)
+        ddp = e2e.pyctl("train", "ddp", *common, "--nodes", "2", *FAST_DDP, timeout=600)
         e2e.seconds["ddp"] = time.monotonic() - start
         assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
         summaries = [
@@ -261,7 +261,7 @@ def test_ddp_and_distdgl_through_the_k8s_backend_finish_with_their_accuracy(e2e)
         if dgl_python is None:
             pytest.skip("the DistDGL environment (.venv-distdgl) is missing; the DDP job ran")
         start = time.monotonic()
-        dgl = e2e.pyctl("train", "distdgl", *common, *DISTDGL, timeout=600)
+        dgl = e2e.pyctl("train", "distdgl", *common, "--num-parts", "2", *DISTDGL, timeout=600)
         e2e.seconds["distdgl"] = time.monotonic() - start
         assert dgl.returncode == 0, dgl.stdout[-3000:] + dgl.stderr[-3000:]
         match = re.search(r"job (\S+) succeeded: the Job completed; test accuracy (0\.\d+)", dgl.stderr)
