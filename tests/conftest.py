@@ -145,3 +145,16 @@ def session_lab() -> Iterator[Callable[..., object]]:
         yield get
     finally:
         labs.close()
+
+
+def recap(output: str) -> dict[str, list[int]]:
+    """The recap table of `pyctl bootstrap`'s output: host -> [ok, changed, failed, unreachable, skipped, rescued,
+    ignored]."""
+    import re
+
+    rows = {}
+    for line in output.split("recap", 1)[1].splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if len(cells) == 8 and cells[1].isdigit():
+            rows[cells[0]] = [int(c) for c in cells[1:]]
+    return rows

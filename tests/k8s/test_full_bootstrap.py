@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab_leftovers, require_root, unique_lab_name
+from tests.conftest import lab_leftovers, recap, require_root, unique_lab_name
 from tests.doubles import install
 from tests.k8s import full_lab
 
@@ -104,16 +104,6 @@ def e2e(tmp_path_factory) -> Ctx:
     finally:
         down(name)
         assert lab_leftovers(name) == []
-
-
-def recap(output: str) -> dict[str, list[int]]:
-    """The recap table: host -> [ok, changed, failed, unreachable, skipped, rescued, ignored]."""
-    rows = {}
-    for line in output.split("recap", 1)[1].splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if len(cells) == 8 and cells[1].isdigit():
-            rows[cells[0]] = [int(c) for c in cells[1:]]
-    return rows
 
 
 def installed_from(policy: str) -> dict[str, tuple[str, list[str]]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab_leftovers, require_root, unique_lab_name
+from tests.conftest import lab_leftovers, recap, require_root, unique_lab_name
 from tests.doubles import debs, install
 
 pytestmark = pytest.mark.lab
@@ -85,15 +85,6 @@ def k8s(tmp_path_factory) -> Ctx:
     finally:
         down(name)
         assert lab_leftovers(name) == []
-
-
-def recap(output: str) -> dict[str, list[int]]:
-    rows = {}
-    for line in output.split("recap", 1)[1].splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if len(cells) == 8 and cells[1].isdigit():
-            rows[cells[0]] = [int(c) for c in cells[1:]]
-    return rows
 
 
 def argvs(ctx: Ctx, host: str, tool: str) -> list[list[str]]:

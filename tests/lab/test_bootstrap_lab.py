@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import recap
+
 pytestmark = pytest.mark.lab
 
 
@@ -23,16 +25,6 @@ def bootstrap(inventory: Path, *args: str, state: Path) -> subprocess.CompletedP
         env=env,
         timeout=600,
     )
-
-
-def recap(output: str) -> dict[str, list[int]]:
-    """Rows of the recap table: host -> [ok, changed, failed, unreachable, skipped, rescued, ignored]."""
-    rows = {}
-    for line in output.split("recap", 1)[1].splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
-        if len(cells) == 8 and cells[1].isdigit():
-            rows[cells[0]] = [int(c) for c in cells[1:]]
-    return rows
 
 
 def variant(lab, tmp_path: Path, change) -> Path:
