@@ -14,7 +14,8 @@ Stages, each logged with the host name:
  3. Servers (DGL_ROLE=server, DGL_SERVER_ID = machine * num_servers + s), then a barrier until every
     machine's servers listen, then the trainers through torchrun (DGL_ROLE=client).
  4. Supervision: a failed child, a peer's failure, SIGTERM or SIGINT stop every child process group
-    (servers included) and every process below them here; finished trainers end the job.
+    (servers included) and every process below them here; finished trainers end the job. Each child
+    runs under proctree.py's guard, which stops that child's tree if the launcher is killed.
 
 Who stops the other machines: without a supervisor (Kubernetes pods, a launch by hand) the launchers
 do, through machine 0's control connection: a failure here tells the others, and a peer's failure or
@@ -39,7 +40,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -681,19 +681,15 @@ def compare_facts(mine: dict, hellos: dict[int, dict]) -> str | None:
 # --- children ----------------------------------------------------------------------------------------
 
 
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """Children get SIGTERM if the launcher dies without cleaning up (SIGKILL, OOM): util-linux setpriv."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
-
-
 class Child:
-    """One process group started by the launcher, its output passed through with a prefix."""
+    """One process group started by the launcher, its output passed through with a prefix. It runs under
+    proctree.py's guard, which stops its whole tree if the launcher dies without cleaning up (SIGKILL,
+    OOM) and is otherwise transparent (same process group, same exit status)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, rewrite=None):
+    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, grace: float, rewrite=None):
         self.name = name
         self.proc = subprocess.Popen(
-            with_parent_death_signal(argv),
+            proctree.guard_argv(sys.executable, grace, argv),
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -797,7 +793,7 @@ class Job:
             env = self.env()
             env.update({"DGL_ROLE": "server", "DGL_SERVER_ID": str(server_id)})
             env["OMP_NUM_THREADS"] = str(args.server_threads)
-            child = Child(f"server {server_id}", [args.python, *args.command], env, self.run_dir)
+            child = Child(f"server {server_id}", [args.python, *args.command], env, self.run_dir, args.grace)
             self.children.append(child)
             self.servers.append(child)
             Log.info(f"started server {server_id} (pid {child.pid}) for port {plan.server_ports[s]}")
@@ -829,7 +825,7 @@ class Job:
             f"--log-dir={self.run_dir / 'torchrun'}",
             *args.command,
         ]
-        self.trainers = Child("torchrun", argv, env, self.run_dir, rewrite=trainer_line(str(plan.index)))
+        self.trainers = Child("torchrun", argv, env, self.run_dir, args.grace, rewrite=trainer_line(str(plan.index)))
         self.children.append(self.trainers)
         Log.info(
             f"started {args.num_trainers} trainer(s) via torchrun (pid {self.trainers.pid}), "

@@ -11,9 +11,25 @@ It lives in the DistDGL payload's folder because that payload's image is built f
 Standard library only, Python >= 3.8: it runs with the hosts' interpreter. The owner makes itself a
 child subreaper first, so processes whose parent died (torchrun's workers when torchrun is killed, DGL's
 samplers) are re-parented to it and stay in its tree.
+
+Each stop sends a signal to each process once: torchrun turns every SIGTERM into an exception, and one
+that lands while it is closing its workers can leave it stuck at exit (see `guard`).
+
+Run as a program, it is the guard the launcher puts in front of each child, the owner of that child's
+tree when the launcher is gone (SIGKILL, OOM: nothing of the launcher runs any more):
+
+    python proctree.py --guard GRACE --parent PID -- ARGV...
+
+The guard starts ARGV in its own process group (the launcher starts the guard in a new session, so the
+launcher's stop reaches both at once) and exits with ARGV's status. Signals from the launcher are the
+launcher's business: the guard ignores them (ARGV got the same signal through the group). When the
+launcher (PID) dies (the kernel's parent-death signal, or the guard's parent is no longer PID), the guard stops ARGV's
+whole tree itself: SIGTERM, then SIGKILL after GRACE seconds. Without it a torchrun killed by its
+parent-death SIGTERM could stay forever: torch 2.2's torchrun, when a second SIGTERM interrupts its
+shutdown, never stops its log-tailing thread and then waits on it at exit.
 """
 
-# ruff: noqa: PTH123, PTH208 - plain os/open on purpose: this file runs on the hosts, on any Python >= 3.8
+# ruff: noqa: PTH100, PTH123, PTH208 - plain os/open on purpose: this file runs on the hosts, on any Python >= 3.8
 
 from __future__ import annotations
 
@@ -22,31 +38,45 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PARENT_DIED = signal.SIGUSR1  # the guard's parent-death signal: distinct from the launcher's SIGTERM
+
+
+def _prctl(option: int, value: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(option, value, 0, 0, 0)
 
 
 def become_subreaper() -> None:
     """Orphans anywhere below this process are re-parented to it (Linux >= 3.4), not to init."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _stat(pid: int | str) -> tuple[int, int] | None:
+    """(parent pid, process group) of `pid` from /proc/<pid>/stat; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[1]), int(fields[2])
 
 
 def parents() -> dict[int, int]:
     """pid -> parent pid of every live process (zombies included), from /proc/<pid>/stat."""
     found: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        found[int(entry)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if entry.isdigit():
+            stat = _stat(entry)
+            if stat is not None:
+                found[int(entry)] = stat[0]
     return found
 
 
@@ -88,15 +118,20 @@ def reap(owned: Sequence[subprocess.Popen]) -> None:
 
 
 def signal_tree(groups: Iterable[int], sig: int) -> int:
-    """Send `sig` to each process group in `groups` and to every descendant of this process (the
-    groups reach members that left the tree; the walk reaches children that made their own groups).
-    Returns how many targets there were."""
+    """Send `sig` once to each process of each group in `groups` and of this process's tree: the groups
+    as a whole (they reach members that left the tree), then each descendant outside those groups (the
+    walk reaches children that made their own groups). Returns how many targets there were."""
     count = 0
+    hit = set()
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
+            hit.add(group)
             count += 1
     for pid in descendants():
+        stat = _stat(pid)
+        if stat is None or stat[1] in hit:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
             count += 1
@@ -127,3 +162,54 @@ def stop_tree(owned: Sequence[subprocess.Popen], grace: float) -> int:
     signal_tree([proc.pid for proc in owned if proc.returncode is None], signal.SIGKILL)
     _wait_empty(owned, 5.0)
     return len(left)
+
+
+# --- the guard: `python proctree.py --guard GRACE --parent PID -- ARGV...` ------------------------------
+
+
+def guard(grace: float, launcher: int, argv: Sequence[str]) -> int:
+    """Run `argv` and return its exit status; stop its whole tree if `launcher` (this process's parent)
+    dies first. A status from signal N is passed on by dying of N. See the module docstring."""
+    died = []
+
+    def note_death(_signum: int, _frame: object) -> None:
+        died.append(True)
+
+    def leave_to_group(_signum: int, _frame: object) -> None:
+        """The launcher's signal: argv got it too, through the process group."""
+
+    signal.signal(PARENT_DIED, note_death)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, leave_to_group)  # a handler, not SIG_IGN: argv starts with the defaults
+    _prctl(PR_SET_PDEATHSIG, PARENT_DIED)
+    become_subreaper()
+    child = subprocess.Popen(list(argv))
+    while child.poll() is None:
+        if died or os.getppid() != launcher:  # the second test: the launcher died before the prctl
+            sys.stderr.write(f"[guard] launcher {launcher} is gone: stopping pid {child.pid} and below\n")
+            sys.stderr.flush()
+            stop_tree([child], grace)
+            break
+        reap([child])
+        time.sleep(0.2)
+    child.wait()
+    if descendants():  # what argv left behind (orphans re-parented to this guard)
+        stop_tree([child], min(grace, 5.0))
+    if child.returncode < 0:
+        signal.signal(-child.returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -child.returncode)
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+
+def guard_argv(python: str, grace: float, argv: Sequence[str]) -> list[str]:
+    """The command line that runs `argv` under this file's guard, for the calling process."""
+    here = os.path.abspath(__file__)
+    return [python, here, "--guard", f"{grace:g}", "--parent", str(os.getpid()), "--", *argv]
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if len(args) < 6 or args[0] != "--guard" or args[2] != "--parent" or args[4] != "--":
+        sys.stderr.write("usage: proctree.py --guard GRACE --parent PID -- ARGV...\n")
+        sys.exit(2)
+    sys.exit(guard(float(args[1]), int(args[3]), args[5:]))
