@@ -20,13 +20,17 @@ tree when the launcher is gone (SIGKILL, OOM: nothing of the launcher runs any m
 
     python proctree.py --guard GRACE --parent PID -- ARGV...
 
-The guard starts ARGV in its own process group (the launcher starts the guard in a new session, so the
-launcher's stop reaches both at once) and exits with ARGV's status. Signals from the launcher are the
-launcher's business: the guard ignores them (ARGV got the same signal through the group). When the
-launcher (PID) dies (the kernel's parent-death signal, or the guard's parent is no longer PID), the guard stops ARGV's
-whole tree itself: SIGTERM, then SIGKILL after GRACE seconds. Without it a torchrun killed by its
-parent-death SIGTERM could stay forever: torch 2.2's torchrun, when a second SIGTERM interrupts its
-shutdown, never stops its log-tailing thread and then waits on it at exit.
+The guard starts ARGV in the guard's own process group (the launcher starts the guard in a new session,
+so the launcher's stop reaches both at once) and exits with ARGV's status. Signals from the launcher
+are the launcher's business: the guard ignores them (ARGV got the same signal through the group).
+When the launcher (PID) dies (the guard's parent is no longer PID, checked every 0.2 s), the guard
+stops ARGV's whole tree itself, each process signalled once: SIGTERM, then SIGKILL after GRACE seconds.
+The old way, a parent-death SIGTERM straight to the child (util-linux setpriv), left torchrun
+running for ever: the kernel sends that signal again each time a thread of the dying parent exits
+(the child is re-parented from thread to thread), so torchrun got up to one SIGTERM per launcher
+thread; torch 2.2's torchrun raises an exception for each, and when they interrupt both its shutdown
+and the retry in its `finally`, its log-tailing thread is never stopped and it waits on that thread
+at exit, with no one left to send SIGKILL.
 """
 
 # ruff: noqa: PTH100, PTH123, PTH208 - plain os/open on purpose: this file runs on the hosts, on any Python >= 3.8
@@ -42,9 +46,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-PARENT_DIED = signal.SIGUSR1  # the guard's parent-death signal: distinct from the launcher's SIGTERM
 
 
 def _prctl(option: int, value: int) -> None:
@@ -170,22 +172,16 @@ def stop_tree(owned: Sequence[subprocess.Popen], grace: float) -> int:
 def guard(grace: float, launcher: int, argv: Sequence[str]) -> int:
     """Run `argv` and return its exit status; stop its whole tree if `launcher` (this process's parent)
     dies first. A status from signal N is passed on by dying of N. See the module docstring."""
-    died = []
-
-    def note_death(_signum: int, _frame: object) -> None:
-        died.append(True)
 
     def leave_to_group(_signum: int, _frame: object) -> None:
         """The launcher's signal: argv got it too, through the process group."""
 
-    signal.signal(PARENT_DIED, note_death)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, leave_to_group)  # a handler, not SIG_IGN: argv starts with the defaults
-    _prctl(PR_SET_PDEATHSIG, PARENT_DIED)
     become_subreaper()
     child = subprocess.Popen(list(argv))
     while child.poll() is None:
-        if died or os.getppid() != launcher:  # the second test: the launcher died before the prctl
+        if os.getppid() != launcher:  # re-parented: the launcher is gone
             sys.stderr.write(f"[guard] launcher {launcher} is gone: stopping pid {child.pid} and below\n")
             sys.stderr.flush()
             stop_tree([child], grace)
