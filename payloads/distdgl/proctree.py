@@ -182,8 +182,7 @@ def guard(grace: float, launcher: int, argv: Sequence[str]) -> int:
     child = subprocess.Popen(list(argv))
     while child.poll() is None:
         if os.getppid() != launcher:  # re-parented: the launcher is gone
-            sys.stderr.write(f"[guard] launcher {launcher} is gone: stopping pid {child.pid} and below\n")
-            sys.stderr.flush()
+            # and so is the reader of our output pipe: say nothing (a write would raise BrokenPipeError)
             stop_tree([child], grace)
             break
         reap([child])

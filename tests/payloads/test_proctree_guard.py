@@ -58,14 +58,17 @@ STUCK = textwrap.dedent(
     """
 )
 
-# A stand-in launcher: starts the guarded child the way launch.py does (new session), prints the
-# guard's pid, then waits to be SIGKILLed.
+# A stand-in launcher: starts the guarded child the way launch.py does (new session, output into a pipe
+# that this launcher reads: broken once it is killed), prints the guard's pid, then waits to be SIGKILLed.
 LAUNCHER = textwrap.dedent(
     """
     import subprocess, sys, time
     sys.path.insert(0, sys.argv[1])
     import proctree
-    guard = subprocess.Popen(proctree.guard_argv(sys.executable, 1.0, sys.argv[2:]), start_new_session=True)
+    guard = subprocess.Popen(
+        proctree.guard_argv(sys.executable, 1.0, sys.argv[2:]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
     print(guard.pid, flush=True)
     time.sleep(600)
     """
@@ -127,8 +130,9 @@ def test_the_guard_passes_the_exit_status_and_the_launchers_signal_through(tmp_p
 
 def test_a_killed_launchers_guard_stops_the_whole_tree_even_what_ignores_sigterm(tmp_path):
     """The launcher is SIGKILLed: its guard (parent-death signal) stops the child and the grandchild in its
-    own session, with SIGKILL after the grace period since both ignore SIGTERM. With only a parent-death
-    SIGTERM (util-linux setpriv, the old way) both stayed."""
+    own session, with SIGKILL after the grace period since both ignore SIGTERM; the guard's output pipe is
+    broken by then (writing to it must not stop the guard). With only a parent-death SIGTERM (util-linux
+    setpriv, the old way) both stayed."""
     pids_file = tmp_path / "pids"
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(Path(proctree.__file__).parent), sys.executable, "-c", STUCK,
