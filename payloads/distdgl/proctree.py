@@ -191,7 +191,8 @@ def guard(grace: float, launcher: int, argv: Sequence[str]) -> int:
     if descendants():  # what argv left behind (orphans re-parented to this guard)
         stop_tree([child], min(grace, 5.0))
     if child.returncode < 0:
-        signal.signal(-child.returncode, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's disposition cannot be set, nor need be
+            signal.signal(-child.returncode, signal.SIG_DFL)
         os.kill(os.getpid(), -child.returncode)
     return child.returncode if child.returncode >= 0 else 128 - child.returncode
 

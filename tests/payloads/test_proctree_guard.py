@@ -116,6 +116,9 @@ def test_a_process_in_an_owned_group_gets_sigterm_once(tmp_path):
 def test_the_guard_passes_the_exit_status_and_the_launchers_signal_through(tmp_path):
     guarded = subprocess.run(proctree.guard_argv(sys.executable, 1.0, [sys.executable, "-c", "exit(3)"]), check=False)
     assert guarded.returncode == 3
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    guarded = subprocess.run(proctree.guard_argv(sys.executable, 1.0, [sys.executable, "-c", killed]), check=False)
+    assert guarded.returncode == -signal.SIGKILL  # as if the launcher had started the child itself
     ready = tmp_path / "ready"
     counts = tmp_path / "terms"
     proc = subprocess.Popen(
