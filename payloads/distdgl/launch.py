@@ -1,4 +1,4 @@
-"""Per-machine DistDGL supervisor: what every machine (Kubernetes pod or SSH host) runs.
+"""Per-machine DistDGL launcher: what every machine (Kubernetes pod or SSH host) runs.
 
     python launch.py --machine-index 0 --machines 10.0.0.1,10.0.0.2 \\
         --part-config /shared/parts/g.json --num-servers 1 --num-trainers 1 --num-samplers 0 \\
@@ -14,25 +14,32 @@ Stages, each logged with the host name:
  3. Servers (DGL_ROLE=server, DGL_SERVER_ID = machine * num_servers + s), then a barrier until every
     machine's servers listen, then the trainers through torchrun (DGL_ROLE=client).
  4. Supervision: a failed child, a peer's failure, SIGTERM or SIGINT stop every child process group
-    (servers included) here and on the other machines; finished trainers end the job.
+    (servers included) and every process below them here; finished trainers end the job. Each child
+    runs under proctree.py's guard, which stops that child's tree if the launcher is killed.
+
+Who stops the other machines: without a supervisor (Kubernetes pods, a launch by hand) the launchers
+do, through machine 0's control connection: a failure here tells the others, and a peer's failure or
+lost connection stops this machine. Under pyctl's SSH supervisor (--supervised, PYCTL_SUPERVISED=1) the
+supervisor alone stops the whole job: a failure here stops only this machine's children, and a peer's
+failure is left to the supervisor. The process tree is read and stopped by proctree.py (beside this
+file), the same code pyctl's SSH host wrapper uses.
 
 Children's output is passed through prefixed ``[server N]`` / ``[trainer R]`` (R: global rank).
 The trainers' ``PYCTL_SUMMARY {...}`` line is repeated unprefixed as the last line on stdout.
 Exit codes: 0 done, 1 a local server or trainer failed, 2 bad flags or a failed local check,
 3 preflight failed (settings differ between machines, or a peer is unreachable), 4 another machine
-failed or was cancelled, 128+N stopped by signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM).
+failed or was cancelled (never with --supervised), 128+N stopped by signal N (129 SIGHUP, 130 SIGINT,
+143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -44,12 +51,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import proctree
 from partconfig import PartitionConfigError, validate_partition_config
 
 EXIT_OK, EXIT_CHILD, EXIT_CONFIG, EXIT_PREFLIGHT, EXIT_PEER = 0, 1, 2, 3, 4
 SUMMARY_PREFIX = "PYCTL_SUMMARY "
 HOST = socket.gethostname()
-PR_SET_CHILD_SUBREAPER = 36
 
 
 class LaunchError(Exception):
@@ -137,6 +144,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--server-exit-timeout", type=float, default=30.0, help="seconds servers get to exit after training"
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument(
+        "--supervised",
+        action="store_true",
+        default=os.environ.get("PYCTL_SUPERVISED") == "1",
+        help="an outer supervisor stops the whole job (pyctl's SSH backend sets PYCTL_SUPERVISED=1): a "
+        "failure here stops only this machine's children, another machine's failure is left to it",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT.py [args]")
     args = parser.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -566,7 +580,7 @@ class Control:
     # failure notices when the local checks failed (best effort, bounded)
     @staticmethod
     def report_local_failure(args: argparse.Namespace, machines: list[str] | None, message: str) -> None:
-        if not machines or len(machines) < 2 or args.machine_index is None:
+        if not machines or len(machines) < 2 or args.machine_index is None or args.supervised:
             return
         if not 0 <= args.machine_index < len(machines):
             return
@@ -619,6 +633,13 @@ class Control:
                         told.add(hello["machine"])
 
     # job-time messages
+    def tell_peers_failed(self, reason: str) -> None:
+        """Ask the other machines to stop (machine 0 passes it on); not when a supervisor owns that."""
+        if self.plan.args.supervised:
+            Log.info("the supervisor stops the other machines")
+            return
+        self.send_upstream_or_all({"kind": "abort", "reason": reason})
+
     def send_upstream_or_all(self, message: dict, exclude: int | None = None) -> None:
         if self.upstream is not None:
             _send(self.upstream, message)
@@ -660,19 +681,15 @@ def compare_facts(mine: dict, hellos: dict[int, dict]) -> str | None:
 # --- children ----------------------------------------------------------------------------------------
 
 
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """Children get SIGTERM if the launcher dies without cleaning up (SIGKILL, OOM): util-linux setpriv."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
-
-
 class Child:
-    """One process group started by the launcher, its output passed through with a prefix."""
+    """One process group started by the launcher, its output passed through with a prefix. It runs under
+    proctree.py's guard, which stops its whole tree if the launcher dies without cleaning up (SIGKILL,
+    OOM) and is otherwise transparent (same process group, same exit status)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, rewrite=None):
+    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path, grace: float, rewrite=None):
         self.name = name
         self.proc = subprocess.Popen(
-            with_parent_death_signal(argv),
+            proctree.guard_argv(sys.executable, grace, argv),
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -710,85 +727,20 @@ def trainer_line(machine: str):
     return rewrite
 
 
-def descendants() -> list[int]:
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(os.getpid()).children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _signal_tree(pids: list[int], sig: int) -> None:
-    own_group = os.getpgid(0)
-    groups = set()
-    for pid in pids:
-        try:
-            group = os.getpgid(pid)
-        except OSError:
-            continue
-        if group != own_group:
-            groups.add(group)
-        else:
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-    for group in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(group, sig)
-
-
-def reap_orphans(children: list[Child]) -> None:
-    """As child subreaper, collect exited grandchildren that were re-parented to us."""
-    import psutil
-
-    ours = {child.pid for child in children}
-    try:
-        kids = psutil.Process(os.getpid()).children()
-    except psutil.Error:
-        return
-    for kid in kids:
-        if kid.pid in ours:
-            continue
-        try:
-            if kid.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(kid.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
-            pass
-
-
 def stop_all(children: list[Child], grace: float, why: str) -> None:
     """SIGTERM every child process group and every descendant, then SIGKILL what is left."""
-    alive = [child for child in children if child.poll() is None]
-    pids = sorted({*(c.pid for c in alive), *descendants()})
-    if pids:
-        _stop_pids(children, pids, grace, why)
+    for child in children:
+        child.poll()
+    left = len(proctree.descendants())
+    if left:
+        Log.info(f"stopping {left} process(es) ({why})")
+        killed = proctree.stop_tree([child.proc for child in children], grace)
+        if killed:
+            Log.info(f"{killed} process(es) ignored SIGTERM for {grace:g} s: SIGKILL")
     for child in children:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(timeout=1)
         child.thread.join(timeout=5)  # the last lines (the summary) are read before we exit
-
-
-def _stop_pids(children: list[Child], pids: list[int], grace: float, why: str) -> None:
-    Log.info(f"stopping {len(pids)} process(es) ({why})")
-    _signal_tree(pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        for child in children:
-            child.poll()
-        reap_orphans(children)
-        if not descendants():
-            break
-        time.sleep(0.1)
-    left = descendants()
-    if left:
-        Log.info(f"{len(left)} process(es) ignored SIGTERM for {grace:g} s: SIGKILL")
-        _signal_tree(left, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while descendants() and time.monotonic() < deadline:
-            for child in children:
-                child.poll()
-            reap_orphans(children)
-            time.sleep(0.1)
 
 
 # --- the job --------------------------------------------------------------------------------------------
@@ -841,7 +793,7 @@ class Job:
             env = self.env()
             env.update({"DGL_ROLE": "server", "DGL_SERVER_ID": str(server_id)})
             env["OMP_NUM_THREADS"] = str(args.server_threads)
-            child = Child(f"server {server_id}", [args.python, *args.command], env, self.run_dir)
+            child = Child(f"server {server_id}", [args.python, *args.command], env, self.run_dir, args.grace)
             self.children.append(child)
             self.servers.append(child)
             Log.info(f"started server {server_id} (pid {child.pid}) for port {plan.server_ports[s]}")
@@ -873,7 +825,7 @@ class Job:
             f"--log-dir={self.run_dir / 'torchrun'}",
             *args.command,
         ]
-        self.trainers = Child("torchrun", argv, env, self.run_dir, rewrite=trainer_line(str(plan.index)))
+        self.trainers = Child("torchrun", argv, env, self.run_dir, args.grace, rewrite=trainer_line(str(plan.index)))
         self.children.append(self.trainers)
         Log.info(
             f"started {args.num_trainers} trainer(s) via torchrun (pid {self.trainers.pid}), "
@@ -902,6 +854,9 @@ class Job:
                 self.control.done_seen.add(machine)
             elif kind == "abort" or (kind == "eof" and machine not in self.control.done_seen):
                 reason = (message or {}).get("reason") or "its launcher went away"
+                if plan.args.supervised:  # the supervisor stops this machine too; nothing to pass on
+                    Log.info(f"machine {machine}: {reason}; left to the supervisor")
+                    continue
                 if plan.index == 0:
                     # tell the others before stopping here
                     self.control.send_upstream_or_all(
@@ -960,7 +915,7 @@ class Job:
             check_stop()
             self._check_control()
             self._check_servers()
-            reap_orphans(self.children)
+            proctree.reap([child.proc for child in self.children])
             code = self.trainers.poll()
             if code is not None:
                 if code != 0:
@@ -992,21 +947,12 @@ class Job:
         return self.trainers.summary if self.trainers else None
 
 
-def set_subreaper() -> None:
-    """Orphaned grandchildren (torchrun workers, samplers) re-parent to us, so we can stop them."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     Log.machine = str(args.machine_index)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the SSH session dropped
         signal.signal(signum, _on_signal)
-    set_subreaper()
+    proctree.become_subreaper()  # orphaned torchrun workers and samplers stay ours to stop
     started = time.monotonic()
     Log.info(f"launcher starting (pid {os.getpid()}), python {args.python}")
     machines = None
@@ -1031,11 +977,11 @@ def main(argv: list[str] | None = None) -> int:
         Log.info(f"FAILED: {exc}")
         code = exc.code
         if code != EXIT_PEER:
-            control.send_upstream_or_all({"kind": "abort", "reason": f"{HOST}: {exc}"})
+            control.tell_peers_failed(f"{HOST}: {exc}")
     except Stopped as exc:
         Log.info(f"received {exc}: stopping the job")
         code = 128 + exc.signum
-        control.send_upstream_or_all({"kind": "abort", "reason": f"{HOST}: launcher received {exc}"})
+        control.tell_peers_failed(f"{HOST}: launcher received {exc}")
     finally:
         stop_all(job.children, args.grace, "job over" if code == EXIT_OK else f"exit code {code}")
         control.close()

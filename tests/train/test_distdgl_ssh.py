@@ -159,4 +159,10 @@ def test_a_crashed_trainer_fails_the_job_and_stops_every_host(distdgl_lab):
     )
     assert done["state"] == "failed" and done["exit_code"] != 0, done
     assert done["message"].startswith("host node"), done["message"]
+    # One owner stops the job: the supervisor. The failing launcher told no other machine (it runs
+    # with PYCTL_SUPERVISED=1), so no launcher stopped itself for another's failure (exit code 4).
+    output = (distdgl_lab.state_dir / "jobs" / job_id / "output.log").read_text()
+    assert "the supervisor stops the other machines" in output, output[-3000:]
+    assert "another machine failed" not in output, output[-3000:]
+    assert 4 not in [node["exit_code"] for node in done["nodes"]], done["nodes"]
     distdgl_lab.assert_nothing_left(timeout=30)

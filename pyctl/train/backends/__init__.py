@@ -3,7 +3,8 @@
 `pyctl.commands.train` parses and prints; what it asks of a job goes through a `Backend`:
 
 - `ssh.SshBackend`: a detached supervisor (`supervisor.py`, `sshjob.Supervisor`) runs the job on the
-  hosts over SSH, each host's process tree under `hostwrap.py`;
+  hosts over SSH, each host's process tree under `hostwrap.py`; the supervisor is the one owner of
+  stopping the whole job, each hostwrap of its host's tree (through `payloads/distdgl/proctree.py`);
 - `k8s.K8sBackend`: the job's manifests are submitted to Kubernetes and read back from the API
   (`kubeclient.Client`, with `pyctl.train.kueue` for admission and `podstart.py` for pods that do not start).
 

@@ -1,7 +1,8 @@
 """The per-host wrapper the SSH backend starts on every host: one job process tree, stopped as a whole.
 
-This file is copied to each host with the job and run there by the hosts' interpreter (standard library
-only, Python >= 3.8); pyctl itself need not be installed on the hosts:
+This file and `proctree.py` (the process-tree code it shares with the DistDGL launcher, kept in
+payloads/distdgl/) are copied to each host with the job and run there by the hosts' interpreter
+(standard library only, Python >= 3.8); pyctl itself need not be installed on the hosts:
 
     python3 hostwrap.py launch.json
 
@@ -16,23 +17,27 @@ The wrapper starts `argv` in a new session (its own process group), writes that 
 It is a child subreaper, so processes whose parent died (torchrun's workers when torchrun itself is
 killed) are still its descendants and still stopped. When the job ends by itself, whatever is left of
 the tree is stopped too. The wrapper exits with the job's exit code (128 + N for a signal N).
+
+Who stops what over SSH: this wrapper is the one owner of its host's process tree; the supervisor
+(`sshjob.Supervisor`) is the one owner of stopping the whole job, by stopping every host's wrapper. It
+sets PYCTL_SUPERVISED=1 in the job's environment, so a launcher inside (DistDGL's launch.py) stops only
+its own children and leaves the other hosts to the supervisor.
 """
 
-# ruff: noqa: PTH105, PTH123, PTH208 - plain os/open on purpose: this file runs on the hosts, on any Python >= 3.8
+# ruff: noqa: PTH105, PTH123 - plain os/open on purpose: this file runs on the hosts, on any Python >= 3.8
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 
-PR_SET_CHILD_SUBREAPER = 36
+import proctree  # beside this file: the SSH backend copies both into the job's folder
+
 TAG = "[pyctl-host]"
 
 
@@ -41,93 +46,10 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every live process (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        parents[int(entry)] = int(stat[stat.rfind(")") + 2 :].split()[1])
-    return parents
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below `root` (from /proc), deepest first."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parents().items():
-        children.setdefault(parent, []).append(pid)
-    found: list[int] = []
-    queue = [root]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found[::-1]
-
-
-def signal_tree(pgid: int, sig: int) -> int:
-    """Send `sig` to the job's process group and to every descendant of this wrapper; count targets."""
-    count = 0
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-        count += 1
-    for pid in descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            count += 1
-    return count
-
-
-def reap(keep: int) -> None:
-    """Collect exit statuses of orphans handed to us as subreaper, so none stays a zombie.
-
-    Never `waitpid(-1)`: that could take the job's own exit status from under Popen (which then reports
-    0). Only our other direct children are waited for, by pid."""
-    for pid in direct_children():
-        if pid != keep:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-
-
-def direct_children() -> list[int]:
-    me = os.getpid()
-    return [pid for pid, parent in _parents().items() if parent == me]
-
-
-def stop_tree(child: subprocess.Popen, grace: float) -> None:
-    signal_tree(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        reap_child(child)
-        reap(child.pid)
-        if child.returncode is not None and not descendants(os.getpid()):
-            return
-        time.sleep(0.1)
-    killed = signal_tree(child.pid, signal.SIGKILL)
+def stop_job(child: subprocess.Popen, grace: float) -> None:
+    killed = proctree.stop_tree([child], grace)
     if killed:
         say(f"grace of {grace:.0f} s over: killed {killed} remaining process(es)")
-    for _ in range(50):
-        reap_child(child)
-        reap(child.pid)
-        if child.returncode is not None and not descendants(os.getpid()):
-            return
-        time.sleep(0.1)
-
-
-def reap_child(child: subprocess.Popen) -> None:
-    with contextlib.suppress(ChildProcessError):
-        child.poll()
 
 
 def exit_code(returncode: int) -> int:
@@ -155,7 +77,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    become_subreaper()
+    proctree.become_subreaper()
 
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
@@ -179,17 +101,17 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     while child.poll() is None and not stop.wait(0.2):
-        reap(child.pid)
+        proctree.reap([child])
     if child.returncode is None:
         say(f"stopping the job's processes: {reason[0] if reason else 'stop requested'}")
-        stop_tree(child, grace)
+        stop_job(child, grace)
         code = exit_code(child.returncode) if child.returncode not in (None, 0) else 143
         say(f"stopped (exit code {code})")
         return code
     # The job ended by itself: stop whatever it left behind (its own group, orphans reparented to us).
-    if descendants(os.getpid()):
-        stop_tree(child, min(grace, 5.0))
-    reap(child.pid)
+    if proctree.descendants():
+        stop_job(child, min(grace, 5.0))
+    proctree.reap([child])
     return exit_code(child.returncode)
 
 

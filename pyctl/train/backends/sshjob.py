@@ -8,15 +8,18 @@ How a job runs:
    line and exit 2. Both workloads use this one preflight.
 2. The supervisor (`python -m pyctl.train.backends.supervisor JOB_DIR`, detached in its own session, so it
    outlives the shell) logs in again, copies the job's files into `$HOME/.cache/pyctl/jobs/<job>/<host>/`
-   on each host and starts `hostwrap.py` there on its own SSH channel. hostwrap starts the job in a new
-   session (its own process group), writes the group id to `pgid`, and stops the whole tree when its
-   standard input closes or it gets SIGTERM/SIGHUP/SIGINT.
+   on each host and starts `hostwrap.py` there (with `proctree.py`, its process-tree code) on its own SSH
+   channel. hostwrap starts the job in a new session (its own process group), writes the group id to
+   `pgid`, and stops the whole tree when its standard input closes or it gets SIGTERM/SIGHUP/SIGINT.
 3. Every line a host prints goes to `output.log` as `[host] line`.
 4. When a host's job exits non-zero, or the supervisor is told to stop (SIGTERM from `pyctl train
    cancel`, Ctrl-C in `--follow`), the supervisor closes the standard input of every other host's
    channel: each hostwrap stops its process group (SIGTERM, SIGKILL after the grace period). Hosts that
    do not confirm in time get `kill -KILL` on their recorded group over a fresh channel. If the
    supervisor itself dies, its SSH connections drop and each hostwrap sees EOF: nothing is orphaned.
+   The supervisor is the only one that stops the whole job: it sets PYCTL_SUPERVISED=1 in every host's
+   environment, so DistDGL's launch.py stops only its own host's processes when it fails and leaves the
+   other hosts to the supervisor (without a supervisor, on Kubernetes, the launchers stop each other).
 5. The job's exit code (the first failing host's, 130 when cancelled, else 0) is recorded and is what
    `pyctl train ddp --follow` exits with.
 """
@@ -44,6 +47,10 @@ from pyctl.train.launch import REMOTE_ROOT, NodeLaunch
 from pyctl.train.request import DEFAULT_SSH_USER
 
 HOSTWRAP = Path(__file__).with_name("hostwrap.py")
+# The process-tree code hostwrap shares with DistDGL's launcher; it lives in that payload's folder (the
+# payload's image is built from that folder alone). pyctl runs from its source tree (see pyctl.config).
+PROCTREE = Path(__file__).resolve().parents[3] / "payloads" / "distdgl" / "proctree.py"
+SUPERVISED_ENV = {"PYCTL_SUPERVISED": "1"}  # tells a launcher inside that this supervisor stops the job
 CANCELLED_EXIT = 130
 LOST_EXIT = 255  # like ssh: the connection failed, the host's own exit code is unknown
 PGID_LINE = "[pyctl-host] started process group "
@@ -187,6 +194,17 @@ def read_launches(job_dir: Path) -> list[NodeLaunch]:
 # --- the supervisor ---------------------------------------------------------------------------------
 
 
+def host_launch(launch: NodeLaunch, job_dir: str, grace_s: float) -> dict[str, Any]:
+    """What one host's hostwrap reads (`launch.json`): the launch with `{job_dir}` filled in, where to
+    write the process group id, the grace period, and PYCTL_SUPERVISED=1 in the job's environment. The
+    supervisor alone stops the whole job; with that variable set, a launcher inside (DistDGL's launch.py)
+    stops only its own host's processes and leaves the other hosts to the supervisor."""
+    body = launch.resolved(job_dir)
+    body["env"] = {**body["env"], **SUPERVISED_ENV}
+    body.update({"pgid_file": f"{job_dir}/pgid", "grace_s": grace_s})
+    return body
+
+
 class _Node:
     def __init__(self, launch: NodeLaunch, target: remote.Target) -> None:
         self.launch = launch
@@ -266,10 +284,10 @@ class Supervisor:
             node.job_dir = out.strip().splitlines()[-1]
             for name, data in node.launch.files.items():
                 remote.put_bytes(node.conn, f"{node.job_dir}/{name}", data, 0o700 if name.endswith(".py") else 0o600)
-            launch = node.launch.resolved(node.job_dir)
-            launch.update({"pgid_file": f"{node.job_dir}/pgid", "grace_s": float(self.record.ssh.grace_s)})
+            launch = host_launch(node.launch, node.job_dir, float(self.record.ssh.grace_s))
             remote.put_bytes(node.conn, f"{node.job_dir}/launch.json", json.dumps(launch).encode())
             remote.put_bytes(node.conn, f"{node.job_dir}/hostwrap.py", HOSTWRAP.read_bytes(), 0o700)
+            remote.put_bytes(node.conn, f"{node.job_dir}/proctree.py", PROCTREE.read_bytes(), 0o600)
 
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
             for future in [pool.submit(connect, n) for n in nodes]:
