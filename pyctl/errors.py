@@ -41,11 +41,13 @@ class InventoryError(UsageError):
 
     def __init__(self, path: str, problems: list) -> None:
         count = len(problems)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(
-            f"inventory {path} has {count} {noun}",
-            hint=f"run 'pyctl inventory check {path}' to see them",
-        )
+        if count == 1:  # the problem itself, on the one line
+            super().__init__(f"inventory {path}: {problems[0]}", hint=f"fix it, or run 'pyctl inventory check {path}'")
+        else:
+            super().__init__(
+                f"inventory {path} has {count} problems",
+                hint=f"run 'pyctl inventory check {path}' to see them",
+            )
         self.path = path
         self.problems = problems
 

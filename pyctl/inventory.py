@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pyctl import rolespecs
 from pyctl.errors import InventoryError
 
 # Our groups, and names users bring from other installers or type by mistake.
@@ -193,6 +194,8 @@ def _fingerprint(source: Path) -> str | None:
         digest = hashlib.sha256(f"{__version__}|{source.resolve()}".encode())
         digest.update(Path(spec.origin).with_name("release.py").read_bytes())
         digest.update(source.read_bytes())
+        for spec in rolespecs.spec_files():  # what the roles accept is part of the check
+            digest.update(spec.read_bytes())
         for folder in ("group_vars", "host_vars"):
             base = source.resolve().parent / folder
             if base.is_dir():
@@ -270,6 +273,14 @@ def check(path: str | os.PathLike[str]) -> CheckResult:
     problems.extend(_address_problems(cluster))
     problems.extend(_settings_problems(cluster, lines.get("", {})))
     problems.extend(_mirror_problems(all_vars, hosts_vars, lines))
+    # What the roles' argument specs refuse (Ansible no longer checks them per host: pyctl/rolespecs.py), unless
+    # pyctl's own checks above named the variable already.
+    named = {p.field for p in problems}
+    problems.extend(
+        Problem(variable, message, host=names, line=lines.get(names.split(", ")[0], {}).get(variable))
+        for names, variable, message in rolespecs.problems({h.name: h.vars for h in hosts})
+        if variable not in named
+    )
     return CheckResult(source, cluster, problems)
 
 

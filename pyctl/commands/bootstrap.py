@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyctl import console, inventory, phases, runner
+from pyctl import console, hostkeys, inventory, phases, runner
 from pyctl.commands import playrun
 from pyctl.config import load_settings
 from pyctl.errors import ExitCode, UsageError
@@ -55,6 +55,10 @@ def run(
     check_limit(cluster, limit)
     _check_netns_lab(cluster, selected)
 
+    extravars = playrun.cluster_extravars(settings, cluster)
+    if "ssh_trust" in selected:
+        hostkeys.check_record(Path(extravars["pyctl_cluster_dir"]), inventory_path)
+
     run_dir = runner.new_run_dir(settings, "bootstrap")
     playbook = phases.playbook_for(settings.playbooks_dir, selected, known, run_dir)
     mode = "check mode: nothing is changed" if check else "applying changes"
@@ -68,7 +72,7 @@ def run(
         verbosity=verbosity,
         run_dir=run_dir,
         # Controller-side facts the playbooks need: where this cluster's kubeconfig and keys live.
-        extravars=playrun.cluster_extravars(settings, cluster),
+        extravars=extravars,
         header=f"pyctl bootstrap: {len(cluster.hosts)} host(s), phases {', '.join(selected)} ({mode})",
     )
     finished = f"bootstrap finished: phases {', '.join(selected)}; run directory {outcome.run_dir}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pyctl import console, inventory, phases, runner
+from pyctl import console, hostkeys, inventory, phases, runner
 from pyctl.commands import playrun
 from pyctl.config import load_settings
 from pyctl.errors import ExitCode, UsageError
@@ -40,6 +40,9 @@ def add(inventory_path: Path, host: str, phase_list: str | None = None, verbosit
         )
     known = node_phases(settings.playbooks_dir)
     selected = phases.select(known, phase_list)
+    extravars = playrun.cluster_extravars(settings, cluster)
+    if "ssh_trust" in selected:
+        hostkeys.check_record(Path(extravars["pyctl_cluster_dir"]), inventory_path)
     run_dir = runner.new_run_dir(settings, "node-add")
     playbook = (
         settings.playbooks_dir / ADD_NODE
@@ -52,7 +55,7 @@ def add(inventory_path: Path, host: str, phase_list: str | None = None, verbosit
         playbook,
         cluster,
         limit=host,
-        extravars=playrun.cluster_extravars(settings, cluster),
+        extravars=extravars,
         verbosity=verbosity,
         run_dir=run_dir,
         header=f"pyctl node add: {host} joins cluster {cluster.name} (phases {', '.join(selected)})",
