@@ -29,6 +29,16 @@ Upstream contract reproduced: the Kubernetes API 1.36 REST conventions
   Wrong types are 400, missing required fields and values outside an enum are 422 Invalid. Kubeflow
   Trainer v2.3.0 custom resources are checked against their pinned CRDs (tests/train/crd_schema.py).
 
+Bootstrap tokens, as kubeadm 1.36 relies on them (k8s.io/cluster-bootstrap/token/{api,jws};
+https://kubernetes.io/docs/reference/access-authn-authz/bootstrap-tokens/): a bearer token `<id>.<secret>`
+matching a Secret kube-system/bootstrap-token-<id> of type bootstrap.kubernetes.io/token, unexpired, with
+usage-bootstrap-authentication "true", authenticates as system:bootstrap:<id>, which may only read
+kube-public/cluster-info, kube-system's kubeadm-config and kubelet-config, and Nodes, and create a Node (the
+kubelet's TLS bootstrap through a CSR is not modelled); anonymous requests may only read cluster-info (kubeadm's
+RBAC); the BootstrapSigner keeps cluster-info's `jws-kubeconfig-<id>` signatures equal to the detached HS256 JWS
+of its kubeconfig for exactly the unexpired signing tokens, and the TokenCleaner deletes expired token Secrets.
+kubeadm's side of the flow is tests/doubles/kubeadm_rest.py. A Secret's `stringData` is merged into `data`.
+
 Controllers, modelled on what pyctl relies on:
 - the Job controller (pkg/controller/job, Indexed mode): one pod per completion index, named
   `<job>-<i>-<suffix>` with host name `<job>-<i>`, the job-name, controller-uid and completion-index
@@ -89,7 +99,7 @@ from typing import Any
 
 import yaml
 
-from tests.doubles import openapi_strict
+from tests.doubles import kubeadm_rest, openapi_strict
 from tests.doubles.kubelet_standin import INDEX_KEY, KubeletStandin
 
 VERSION = {
@@ -107,6 +117,20 @@ GPU = "nvidia.com/gpu"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 FOREGROUND = "foregroundDeletion"
+BOOTSTRAP_TYPE = "bootstrap.kubernetes.io/token"
+BOOTSTRAP_TOKEN = re.compile(r"([a-z0-9]{6})\.([a-z0-9]{16})")
+JWS_PREFIX = "jws-kubeconfig-"
+# What kubeadm's RBAC lets the groups system:bootstrappers and system:anonymous do (kubeadm 1.36,
+# app/phases/bootstraptoken/clusterinfo and node): (user kind, method, path pattern).
+_BOOTSTRAP_RULES = (
+    ("anonymous", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
+    ("bootstrap", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
+    ("bootstrap", "GET", re.compile(r"/api/v1/nodes/[^/]+")),  # kubeadm:get-nodes
+    ("bootstrap", "GET", re.compile(r"/api/v1/namespaces/kube-system/configmaps/(kubeadm-config|kubelet-config)")),
+    # The kubelet's TLS bootstrap (a CSR, then its own client certificate) is not modelled: the joining
+    # node's kubelet stand-in registers its Node with the token (see kubeadm_rest.register_node).
+    ("bootstrap", "POST", re.compile(r"/api/v1/nodes")),
+)
 
 
 @dataclass(frozen=True)
@@ -1004,6 +1028,9 @@ class ApiServerDouble:
             meta.pop(dropped, None)
         if query.get("dryRun") == "All":
             return obj, warnings
+        if res.plural == "secrets" and "stringData" in obj:  # write-only: merged into data, base64-encoded
+            extra = {k: base64.b64encode(str(v).encode()).decode() for k, v in (obj.pop("stringData") or {}).items()}
+            obj["data"] = {**(obj.get("data") or {}), **extra}
         if res.plural == "persistentvolumeclaims":
             obj["status"] = {"phase": "Pending"}  # no provisioner here
         if res.plural == "pods":
@@ -1776,10 +1803,69 @@ class ApiServerDouble:
                 self._remove(self._res_of(workload), workload)
         self._admit_pending()
 
+    # -- bootstrap tokens: the authenticator, kube-controller-manager's BootstrapSigner and TokenCleaner ---------
+
+    def _token_fields(self, secret: dict[str, Any]) -> dict[str, str]:
+        try:
+            return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        except (ValueError, UnicodeDecodeError):
+            return {}
+
+    def _valid_tokens(self, usage: str) -> dict[str, str]:
+        """token id -> secret of the well-formed, unexpired bootstrap token Secrets allowing `usage`
+        (k8s.io/cluster-bootstrap/token/api: type bootstrap.kubernetes.io/token in kube-system, named
+        bootstrap-token-<id>, usage-bootstrap-<usage>: "true", expiration in RFC 3339 not passed)."""
+        found = {}
+        for (group, plural, namespace, name), secret in self.objects.items():
+            if (group, plural, namespace) != ("", "secrets", "kube-system") or secret.get("type") != BOOTSTRAP_TYPE:
+                continue
+            fields = self._token_fields(secret)
+            token_id, token_secret = fields.get("token-id", ""), fields.get("token-secret", "")
+            if name != f"bootstrap-token-{token_id}" or not BOOTSTRAP_TOKEN.fullmatch(f"{token_id}.{token_secret}"):
+                continue
+            if fields.get(f"usage-bootstrap-{usage}") != "true" or _expired(fields.get("expiration")):
+                continue
+            found[token_id] = token_secret
+        return found
+
+    def bootstrap_user(self, bearer: str) -> str | None:
+        """The bootstrap token authenticator: system:bootstrap:<id> for a valid token, else None."""
+        match = BOOTSTRAP_TOKEN.fullmatch(bearer)
+        if not match:
+            return None
+        with self.lock:
+            known = self._valid_tokens("authentication").get(match.group(1))
+        if known is None or not secrets.compare_digest(known, match.group(2)):
+            return None
+        return f"system:bootstrap:{match.group(1)}"
+
+    def _bootstrap_tokens(self) -> None:
+        """TokenCleaner deletes expired token Secrets; BootstrapSigner keeps kube-public/cluster-info's
+        jws-kubeconfig-<id> equal to the detached JWS of its kubeconfig for each signing token, and only those."""
+        secret_res = self.resource("", "secrets")
+        for key, secret in list(self.objects.items()):
+            token = key[:3] == ("", "secrets", "kube-system") and secret.get("type") == BOOTSTRAP_TYPE
+            if token and _expired(self._token_fields(secret).get("expiration")):
+                self._remove(secret_res, secret)
+        cm_res = self.resource("", "configmaps")
+        info = self.objects.get(self._key(cm_res, "kube-public", "cluster-info"))
+        if info is None:
+            return
+        data = info.get("data") or {}
+        content = data.get("kubeconfig", "")
+        wanted = {k: v for k, v in data.items() if not k.startswith(JWS_PREFIX)}
+        if content:
+            for token_id, token_secret in self._valid_tokens("signing").items():
+                wanted[JWS_PREFIX + token_id] = kubeadm_rest.detached_signature(content, token_id, token_secret)
+        if wanted != data:
+            info["data"] = wanted
+            self._update(cm_res, info)
+
     def _controller_loop(self) -> None:
         while not self._stop.is_set():
             with self.lock:
                 try:
+                    self._bootstrap_tokens()
                     self._sync()
                 except Exception as exc:  # a model bug must not kill the loop silently
                     self.warnings.append(f"controller error: {type(exc).__name__}: {exc}")
@@ -1964,6 +2050,17 @@ class ApiServerDouble:
         return standin_pod.log_path, alive
 
 
+def _expired(stamp: str | None) -> bool:
+    """A bootstrap token's expiration (RFC 3339) has passed; one that does not parse counts as expired."""
+    if not stamp:
+        return False
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return when <= datetime.datetime.now(datetime.UTC)
+
+
 def _drop(obj: Any, path: str) -> None:
     parts = re.findall(r"[^.\[\]]+|\[\d+\]", path)
     for part in parts[:-1]:
@@ -2055,6 +2152,9 @@ class _Handler(BaseHTTPRequestHandler):
         if auth.startswith("Bearer "):
             if self.api.token and secrets.compare_digest(auth[7:], self.api.token):
                 return "kubernetes-admin"
+            user = self.api.bootstrap_user(auth[7:])
+            if user is not None:
+                return user
             raise ApiError(401, "Unauthorized", "Unauthorized")
         cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         if cert:
@@ -2087,9 +2187,12 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path in ("/readyz", "/livez", "/healthz"):
                 self._send(200, b"ok", "text/plain")
                 return
-            if user is None:
+            kind = "anonymous" if user is None else "bootstrap" if user.startswith("system:bootstrap:") else ""
+            if kind and not any(k == kind and m == method and p.fullmatch(url.path) for k, m, p in _BOOTSTRAP_RULES):
                 raise ApiError(
-                    403, "Forbidden", f'forbidden: User "system:anonymous" cannot {method.lower()} path "{url.path}"'
+                    403,
+                    "Forbidden",
+                    f'forbidden: User "{user or "system:anonymous"}" cannot {method.lower()} path "{url.path}"',
                 )
             self._route(method, url.path, query, body)
         except ApiError as exc:
