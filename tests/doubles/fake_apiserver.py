@@ -67,6 +67,11 @@ Controllers, modelled on what pyctl relies on:
   Kueue manages TrainJobs the same way (its trainer.kubeflow.org/trainjob integration: one pod set).
 Use: `with ApiServerDouble(tmp, nodes=[NodeSpec(name, netns=..., address=...)], images={...},
 claims={...}) as api:` then `api.write_kubeconfig(state_dir / "clusters" / NAME / "admin.conf")`.
+Where a lab's hosts must reach it: `host=` an address inside a lab's network namespace, `netns=` that namespace
+(the listening socket is bound there), `port=6443`, `sans=` the names the hosts use (the control plane's address
+and controlPlaneEndpoint), and `ca=(ca.crt, ca.key)` to serve with a CA made beforehand, the way kubeadm uses a
+pre-existing /etc/kubernetes/pki/ca.crt and ca.key (https://kubernetes.io/docs/tasks/administer-cluster/kubeadm/kubeadm-certs/#custom-certificates);
+`pki["ca.key"]` is written either way.
 Not modelled: kubeflow.org PyTorchJobs (not served: 404, as without the training operator), the JobSet
 object, RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning, managed
 fields of server-side apply, Table columns beyond nodes, pods and jobs.
@@ -419,13 +424,17 @@ def _key_pem(key: Any) -> bytes:
     )
 
 
-def make_pki(folder: Path, host: str) -> dict[str, Path]:
-    """A CA (as kubeadm's "kubernetes" CA), the API server's serving certificate for `host`, and the
-    admin client certificate (CN=kubernetes-admin, O=kubeadm:cluster-admins), as PEM files."""
+def make_pki(
+    folder: Path, host: str, ca: tuple[Path, Path] | None = None, sans: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """A CA (as kubeadm's "kubernetes" CA; with `ca`, that existing certificate and key, as kubeadm uses a
+    pre-existing /etc/kubernetes/pki/ca.crt and ca.key), the API server's serving certificate for `host` and
+    `sans` (IP addresses or DNS names), and the admin client certificate (CN=kubernetes-admin,
+    O=kubeadm:cluster-admins), as PEM files."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     folder.mkdir(parents=True, exist_ok=True)
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
@@ -437,8 +446,12 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
             attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
         return x509.Name(attrs)
 
+    if ca is not None:
+        ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
+        ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
+        return _leaves(folder, host, sans, ca_cert, ca_key)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
+    ca_cert = (
         x509.CertificateBuilder()
         .subject_name(name("kubernetes"))
         .issuer_name(name("kubernetes"))
@@ -453,6 +466,24 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return _leaves(folder, host, sans, ca_cert, ca_key)
+
+
+def _leaves(folder: Path, host: str, sans: tuple[str, ...], ca: Any, ca_key: Any) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    end = start + datetime.timedelta(days=2)
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
 
     def leaf(cn: str, org: str | None, usage: Any, sans: list[Any] | None) -> tuple[Any, Any]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -473,17 +504,19 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(ca_key, hashes.SHA256()), key
 
-    sans: list[Any] = [
+    names: list[Any] = [
         x509.DNSName(n) for n in ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost")
     ]
-    try:
-        sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        sans.append(x509.DNSName(host))
-    server, server_key = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    for extra in dict.fromkeys((host, *sans)):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(extra)))
+        except ValueError:
+            names.append(x509.DNSName(extra))
+    server, server_key = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, names)
     client, client_key = leaf("kubernetes-admin", "kubeadm:cluster-admins", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     files = {
         "ca.crt": _pem(ca),
+        "ca.key": _key_pem(ca_key),
         "apiserver.crt": _pem(server),
         "apiserver.key": _key_pem(server_key),
         "admin.crt": _pem(client),
@@ -528,6 +561,33 @@ def admin_kubeconfig(server: str, pki: dict[str, Path], token: str | None = None
         },
         sort_keys=False,
     )
+
+
+def in_netns(netns: str, make: Any) -> Any:
+    """`make()` run in a thread that has joined the network namespace /run/netns/`netns` (setns(2) changes the
+    calling thread only): a socket it binds listens there, while its accept loop may run in any thread."""
+    import ctypes
+
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), f"setns into network namespace {netns}")
+            finally:
+                os.close(fd)
+            result["value"] = make()
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 # --- the configuration a test gives ------------------------------------------------------------------
@@ -602,6 +662,10 @@ class ApiServerDouble:
         quotas: dict[str, dict[str, int]] | None = None,
         token: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
+        netns: str | None = None,
+        ca: tuple[Path, Path] | None = None,
+        sans: tuple[str, ...] = (),
         master_delay_s: float = 3.0,
         history: int = 10000,
     ) -> None:
@@ -615,6 +679,8 @@ class ApiServerDouble:
         self.quotas = {k: dict(v) for k, v in (quotas or {}).items()}  # ClusterQueue -> resource -> amount
         self.token = token
         self.host = host
+        self.port = port
+        self.netns = netns  # listen inside this network namespace (/run/netns/NAME), e.g. on a lab's gateway
         self.master_delay_s = master_delay_s
         self.history_limit = history
         self.lock = threading.RLock()
@@ -628,7 +694,7 @@ class ApiServerDouble:
         self._names = itertools.count(1)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.pki = make_pki(folder / "pki", host)
+        self.pki = make_pki(folder / "pki", host, ca, sans)
         self._server: ThreadingHTTPServer | None = None
         self.kubeconfig = folder / "admin.conf"
         with self.lock:
@@ -666,7 +732,10 @@ class ApiServerDouble:
         class Handler(_Handler):
             api = double
 
-        self._server = Server((self.host, 0), Handler)
+        if self.netns:
+            self._server = in_netns(self.netns, lambda: Server((self.host, self.port), Handler))
+        else:
+            self._server = Server((self.host, self.port), Handler)
         self.kubeconfig.write_text(admin_kubeconfig(self.server, self.pki, self.token), encoding="utf-8")
         self.kubeconfig.chmod(0o600)
         for target in (self._server.serve_forever, self._controller_loop):

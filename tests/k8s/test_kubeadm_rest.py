@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_root, unique_lab_name
 from tests.doubles import kubeadm_rest
-from tests.doubles.fake_apiserver import ApiServerDouble, NodeSpec
+from tests.doubles.fake_apiserver import ApiServerDouble, NodeSpec, in_netns, make_pki
 
 
 @pytest.fixture
@@ -140,3 +144,58 @@ def test_the_token_and_anonymous_identities_may_do_only_what_kubeadm_grants_them
     assert anonymous.call("GET", "/api/v1/nodes/node1")[0] == 403
     listed = kubeadm_rest.list_tokens(admin(api))
     assert [t["token-id"] for t in listed] == [token.split(".")[0]] and "token-secret" not in listed[0]
+
+
+# --- served where a lab's hosts reach it: inside a network namespace, with the cluster CA kubeadm was given ------
+
+ADDRESS = "10.250.7.1"  # inside the test's own network namespace only
+
+
+@pytest.fixture
+def netns_api(tmp_path: Path):
+    """The API double listening on ADDRESS:6443 inside a fresh network namespace, serving with a CA made
+    beforehand (as kubeadm uses a pre-existing /etc/kubernetes/pki/ca.crt and ca.key)."""
+    require_root()
+    name = f"pyctl-{unique_lab_name('kr')}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{ADDRESS}/32", "dev", "lo"], check=True)
+        given = make_pki(tmp_path / "given", "127.0.0.1")
+        ca = (given["ca.crt"], given["ca.key"])
+        with ApiServerDouble(tmp_path / "api", host=ADDRESS, port=6443, netns=name, ca=ca, sans=("node1",)) as api:
+            yield name, api
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_served_in_a_network_namespace_with_a_given_ca_a_joining_node_discovers_that_ca(netns_api, tmp_path):
+    name, api = netns_api
+    given = (tmp_path / "given" / "ca.crt").read_bytes()
+    assert api.pki["ca.crt"].read_bytes() == given
+    assert api.server == f"https://{ADDRESS}:6443"
+
+    def init_and_join() -> tuple[bytes, str]:
+        _, token = initialised(api)
+        found, server = kubeadm_rest.discover(f"{ADDRESS}:6443", token, [kubeadm_rest.ca_hash(given)], timeout=30)
+        kubeadm_rest.register_node(server, found, token, node("node2"))
+        return found, server
+
+    assert in_netns(name, init_and_join) == (given, api.server)
+    assert api.get("", "nodes", "node2", "") is not None
+
+
+def test_the_real_kubectl_reaches_the_double_inside_the_namespace_over_verified_tls(netns_api):
+    kubectl = Path(sys.executable).parent / "kubectl"  # Debian sid's 1.36 build, as scripts/setup --dev installs it
+    if not kubectl.is_file():
+        pytest.skip(f"kubectl 1.36 is not at {kubectl}: run scripts/setup --dev")
+    name, api = netns_api
+    result = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{name}", str(kubectl), "--kubeconfig", str(api.kubeconfig), "get", "nodes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^node1\s+Ready", result.stdout, re.M)
