@@ -40,6 +40,14 @@ of its kubeconfig for exactly the unexpired signing tokens, and the TokenCleaner
 kubeadm's side of the flow is tests/doubles/kubeadm_rest.py. A Secret's `stringData` is merged into `data`.
 
 Controllers, modelled on what pyctl relies on:
+- the fake cluster's model (fake_cluster.Cluster, the same code the plain-HTTP fake cluster runs on lab hosts) for
+  Nodes registered through kubeadm's flow with their host's facts (kubeadm_rest.FACTS): they are NotReady ("cni
+  plugin not initialized") until flannel v0.28.9's DaemonSet runs as the pinned manifest runs it with a net-conf
+  Network equal to kube-system/kubeadm-config's podSubnet; they advertise nvidia.com/gpu only where the device
+  plugin's DaemonSet runs with the nvidia runtime (a RuntimeClass that exists and whose handler is a runtime of
+  the node's `containerd config dump`, or nvidia as containerd's default runtime); DaemonSets get the model's
+  status and pods (owned by the DaemonSet, none where admission refuses a missing RuntimeClass). Not ported yet:
+  the bridge-nf-call smoke pods and the claim model (the acceptance gate's storage and Service checks);
 - the Job controller (pkg/controller/job, Indexed mode): one pod per completion index, named
   `<job>-<i>-<suffix>` with host name `<job>-<i>`, the job-name, controller-uid and completion-index
   labels and annotation; the pods run through the kubelet stand-in (kubelet_standin.py: processes per
@@ -104,7 +112,7 @@ from typing import Any
 
 import yaml
 
-from tests.doubles import kubeadm_rest, openapi_strict
+from tests.doubles import fake_cluster, kubeadm_rest, openapi_strict
 from tests.doubles.kubelet_standin import INDEX_KEY, KubeletStandin
 
 VERSION = {
@@ -1930,11 +1938,103 @@ class ApiServerDouble:
             info["data"] = wanted
             self._update(cm_res, info)
 
+    # -- the cluster model of the fake cluster, for nodes that joined through kubeadm ----------------------------
+
+    def _cluster_model(self) -> None:
+        """Nodes registered with their host's facts (kubeadm_rest.FACTS, what the kubelet knows about its host)
+        get their status from the fake cluster's model (fake_cluster.Cluster, one source of truth): NotReady until
+        flannel's DaemonSet runs as the pinned manifest runs it with net-conf's Network equal to kubeadm-config's
+        podSubnet; nvidia.com/gpu only where the device plugin runs with the nvidia runtime (a RuntimeClass whose
+        handler is a runtime of the node's `containerd config dump`, or nvidia as containerd's default); and the
+        DaemonSets' pods and status follow. Nodes given as NodeSpec are left as they are."""
+        node_res = self.resource("", "nodes")
+        joined = {
+            key[3]: obj
+            for key, obj in self.objects.items()
+            if key[:2] == ("", "nodes") and kubeadm_rest.FACTS in (obj["metadata"].get("annotations") or {})
+        }
+        config = self.objects.get(self._key(self.resource("", "configmaps"), "kube-system", "kubeadm-config"))
+        if not joined or config is None:
+            return
+        cluster = yaml.safe_load((config.get("data") or {}).get("ClusterConfiguration") or "{}") or {}
+        view = fake_cluster.Cluster(self.folder / "cluster-model-unsaved.json")  # never saved: a view of the store
+        networking = cluster.get("networking") or {}
+        view.data["cluster"] = {
+            "podSubnet": networking.get("podSubnet", ""),
+            "serviceSubnet": networking.get("serviceSubnet", "10.96.0.0/12"),
+            "kubernetesVersion": cluster.get("kubernetesVersion", VERSION["gitVersion"]),
+        }
+        for name, node in joined.items():
+            facts = json.loads(node["metadata"]["annotations"][kubeadm_rest.FACTS])
+            view.data["nodes"][name] = {
+                "labels": dict(node["metadata"].get("labels") or {}),
+                "taints": list((node.get("spec") or {}).get("taints") or []),
+                "gpus": int(facts.get("gpus", 0)),
+                "nvidia_default_runtime": bool(facts.get("nvidia_default_runtime")),
+                "address": facts.get("address", ""),
+                "runtimes": dict(facts.get("runtimes") or {"runc": ""}),
+                "default_runtime": facts.get("default_runtime") or "runc",
+                "bridge_nf_call_iptables": bool(facts.get("bridge_nf_call_iptables", True)),
+            }
+        modelled = {("apps", "daemonsets"), ("", "configmaps"), ("node.k8s.io", "runtimeclasses")}
+        for (group, plural, namespace, name), obj in self.objects.items():
+            if (group, plural) in modelled:
+                kind = self.resource(group, plural).kind
+                view.data["objects"][f"{kind}/{namespace}/{name}"] = {**obj, "kind": kind}
+        for name, node in joined.items():
+            model = view.node_object(name)["status"]
+            status = dict(node.get("status") or {})
+            wanted = {
+                **status,
+                "allocatable": model["allocatable"],
+                "capacity": model["capacity"],
+                "conditions": model["conditions"],
+                "addresses": status.get("addresses") or model["addresses"],
+                "nodeInfo": {**(status.get("nodeInfo") or {}), **model["nodeInfo"]},
+            }
+            if wanted != status:
+                node["status"] = wanted
+                self._update(node_res, node)
+        self._daemonset_pods(view)
+
+    def _daemonset_pods(self, view: Any) -> None:
+        ds_res, pod_res = self.resource("apps", "daemonsets"), self.resource("", "pods")
+        for key, ds in list(self.objects.items()):
+            if key[:2] != ("apps", "daemonsets"):
+                continue
+            model = view.daemonset_object({**ds, "kind": "DaemonSet"})["status"]
+            if any((ds.get("status") or {}).get(k) != v for k, v in model.items()):
+                ds["status"] = {**(ds.get("status") or {}), **model}
+                self._update(ds_res, ds)
+            owner = {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "name": ds["metadata"]["name"],
+                "uid": ds["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+            wanted = {p["metadata"]["name"]: p for p in view.daemonset_pods(ds)}
+            for pod_key, pod in list(self.objects.items()):
+                refs = pod["metadata"].get("ownerReferences") or []
+                owned = pod_key[:2] == ("", "pods") and any(r.get("uid") == owner["uid"] for r in refs)
+                if owned and pod["metadata"]["name"] not in wanted:
+                    self._remove(pod_res, pod)
+            for name, pod in wanted.items():
+                current = self.objects.get(self._key(pod_res, pod["metadata"]["namespace"], name))
+                if current is None:
+                    pod["metadata"]["ownerReferences"] = [owner]
+                    self._put(pod_res, pod)
+                elif current.get("status") != pod["status"] or current.get("spec") != pod["spec"]:
+                    current["status"], current["spec"] = pod["status"], pod["spec"]
+                    self._update(pod_res, current)
+
     def _controller_loop(self) -> None:
         while not self._stop.is_set():
             with self.lock:
                 try:
                     self._bootstrap_tokens()
+                    self._cluster_model()
                     self._sync()
                 except Exception as exc:  # a model bug must not kill the loop silently
                     self.warnings.append(f"controller error: {type(exc).__name__}: {exc}")

@@ -48,6 +48,10 @@ TOKEN_TYPE = "bootstrap.kubernetes.io/token"
 SECRET_PREFIX = "bootstrap-token-"
 DEFAULT_GROUPS = "system:bootstrappers:kubeadm:default-node-token"
 CLUSTER_INFO = "cluster-info"
+# TEST DOUBLE channel: what a kubelet knows about its host (GPUs from nvidia-smi, containerd's runtimes from
+# `containerd config dump`, bridge-nf-call-iptables), put on the Node it registers so the API double's cluster model
+# can judge flannel, the device plugin and RuntimeClasses as the real components would on that host.
+FACTS = "test-double.pyctl.io/host-facts"
 JWS_PREFIX = "jws-kubeconfig-"
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -373,6 +377,41 @@ def _cluster_info(api: Api, token_id: str, timeout: float, interval: float) -> d
                 )
             raise KubeadmError(last)
         time.sleep(interval)
+
+
+def upload_kubeadm_config(api: Api, cluster_configuration: dict[str, Any]) -> None:
+    """kubeadm init's upload-config phase: kube-system/kubeadm-config with the ClusterConfiguration."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+        "data": {"ClusterConfiguration": yaml.safe_dump(cluster_configuration, sort_keys=False)},
+    }
+    status, answer = api.call("POST", "/api/v1/namespaces/kube-system/configmaps", body)
+    if status == 409:
+        status, answer = api.call("PUT", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", body)
+    _check(status, answer, "error uploading the kubeadm-config ConfigMap")
+
+
+def node_object(
+    name: str,
+    labels: dict[str, str] | None = None,
+    taints: list[dict[str, Any]] | None = None,
+    facts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Node a kubelet registers (its labels from --node-labels, its taints from kubeadm's nodeRegistration),
+    with the host's facts (FACTS) for the double's cluster model."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
+        "annotations": {FACTS: json.dumps(facts or {}, sort_keys=True)},
+    }
+    node: dict[str, Any] = {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": {}}
+    if taints:
+        node["spec"]["taints"] = taints
+    if (facts or {}).get("address"):
+        node["status"] = {"addresses": [{"type": "InternalIP", "address": facts["address"]}]}
+    return node
 
 
 def register_node(server: str, ca_pem: bytes, token: str, node: dict[str, Any]) -> dict[str, Any]:

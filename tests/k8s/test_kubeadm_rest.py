@@ -27,6 +27,7 @@ from tests.doubles.fake_apiserver import ApiServerDouble, NodeSpec, in_netns, ma
 def api(tmp_path: Path):
     with ApiServerDouble(tmp_path / "api", nodes=[NodeSpec("node1", control_plane=True)]) as double:
         yield double
+        assert not [w for w in double.warnings if w.startswith(("controller error", "server error"))]
 
 
 def admin(api: ApiServerDouble) -> kubeadm_rest.Api:
