@@ -28,6 +28,20 @@ node1:6443, driven by the kubectl double), and the admin.conf it fetches points 
 Kubernetes API double over HTTPS (tests/doubles/fake_apiserver.py), started by `api_double` for the cluster the
 bootstrap built: its nodes are the lab's worker hosts (their network namespaces and addresses; GPUs as the
 bootstrap labelled them in the fake cluster), and its admin.conf replaces the fetched one where pyctl reads it.
+
+Closing the seam (one API double for the bootstrap and training; the parts done are tested in process):
+(a) done in process: the API double listens inside a lab's network namespace (`netns=`, `host=`, `port=6443`),
+    with the SANs the hosts use and a CA made beforehand (`ca=`), which the lab is to put on node1 as
+    /etc/kubernetes/pki/ca.crt and ca.key before `kubeadm init` (kubeadm uses a pre-existing CA);
+    tests/k8s/test_kubeadm_rest.py. Not done: serving it for this lab (node1:6443 forwarded to it, pyctl on the
+    controller reaching the fetched admin.conf's server).
+(b) done in process: kubeadm's token, cluster-info, discovery and Node registration over REST
+    (tests/doubles/kubeadm_rest.py). Not done: fake_kubeadm.py calling it instead of fake_cluster's endpoints
+    (init: admin.conf's client certificate signed with `openssl` from the given CA; join: discovery, then the Node).
+(c) partly: the fake cluster's node model (flannel, device plugin, RuntimeClass handlers) runs in the API double
+    for joined nodes (tests/k8s/test_apiserver_cluster_model.py). Not ported: the acceptance gate's pods (the
+    bridge-nf-call smoke pods, the claim's write and read).
+(d) not done: Debian's kubectl 1.36 (kubernetes-client) on node1 instead of the kubectl double.
 """
 
 from __future__ import annotations
