@@ -136,6 +136,9 @@ JWS_PREFIX = "jws-kubeconfig-"
 # What kubeadm's RBAC lets the groups system:bootstrappers and system:anonymous do (kubeadm 1.36,
 # app/phases/bootstraptoken/clusterinfo and node): (user kind, method, path pattern).
 _BOOTSTRAP_RULES = (
+    # system:public-info-viewer (bound to system:authenticated and system:unauthenticated)
+    ("anonymous", "GET", re.compile(r"/version/?")),
+    ("bootstrap", "GET", re.compile(r"/version/?")),
     ("anonymous", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
     ("bootstrap", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
     ("bootstrap", "GET", re.compile(r"/api/v1/nodes/[^/]+")),  # kubeadm:get-nodes

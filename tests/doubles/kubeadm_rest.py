@@ -238,12 +238,17 @@ class Api:
         request = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, context=self.context, timeout=20) as response:
-                return response.status, json.loads(response.read() or b"{}")
+                return response.status, _decoded(response.read())
         except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {"message": exc.reason}
+            return exc.code, _decoded(exc.read(), str(exc.reason))
+
+
+def _decoded(data: bytes, reason: str = "") -> dict[str, Any]:
+    """A JSON answer, or a plain one (/readyz says `ok`) as {"text": ...}."""
+    try:
+        return json.loads(data or b"{}")
+    except ValueError:
+        return {"text": data.decode(errors="replace"), "message": reason or data.decode(errors="replace")}
 
 
 def _check(status: int, body: dict[str, Any], doing: str) -> dict[str, Any]:

@@ -200,3 +200,52 @@ def test_the_real_kubectl_reaches_the_double_inside_the_namespace_over_verified_
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^node1\s+Ready", result.stdout, re.M)
+
+
+# --- the kubeadm double's own pieces of that flow, in process -----------------------------------------------------
+
+
+@pytest.fixture
+def kubeadm_double(monkeypatch, api):
+    """The kubeadm double's module loaded as on a lab host (its folder on sys.path), its CA the API double's."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(kubeadm_rest.__file__).parent))
+    module = importlib.import_module("fake_kubeadm")
+    monkeypatch.setattr(module, "CA", api.pki["ca.crt"])
+    monkeypatch.setattr(module, "CA_KEY", api.pki["ca.key"])
+    return module
+
+
+def test_the_kubeadm_doubles_admin_conf_is_signed_with_the_given_ca_and_is_the_clusters_admin(api, kubeadm_double):
+    ca = api.pki["ca.crt"].read_bytes()
+    text = kubeadm_double.signed_kubeconfig(
+        endpoint(api), ca, "kubernetes-admin", "kubernetes-admin", "kubeadm:cluster-admins"
+    )
+    assert kubeadm_rest.Api.from_kubeconfig(text).call("GET", "/api/v1/namespaces/kube-system/secrets")[0] == 200
+    assert kubeadm_rest.Api(api.server, ca).call("GET", "/api/v1/namespaces/kube-system/secrets")[0] == 403
+    line = kubeadm_double.join_command(endpoint(api), "abcdef.0123456789abcdef")
+    assert f"--discovery-token-ca-cert-hash {kubeadm_rest.ca_hash(ca)}" in line
+
+
+def test_the_forwarded_port_reaches_the_double_with_tls_end_to_end(api):
+    import socket
+    import threading
+
+    from tests.doubles import apiserver_forward
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = endpoint(api)
+    threading.Thread(target=apiserver_forward.serve, args=(f"127.0.0.1:{port}", target), daemon=True).start()
+    forwarded = kubeadm_rest.Api(f"https://127.0.0.1:{port}", api.pki["ca.crt"].read_bytes())
+    assert wait_for(lambda: _answers(forwarded))
+    assert forwarded.call("GET", "/version")[1]["minor"] == "36"
+
+
+def _answers(client: kubeadm_rest.Api) -> bool:
+    try:
+        return client.call("GET", "/readyz")[0] == 200
+    except OSError:
+        return False
