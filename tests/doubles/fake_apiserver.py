@@ -542,6 +542,37 @@ def _leaves(folder: Path, host: str, sans: tuple[str, ...], ca: Any, ca_key: Any
     return paths
 
 
+def client_certificate(pki: dict[str, Path], cn: str, org: str) -> tuple[bytes, bytes]:
+    """A client certificate (PEM certificate, PEM key) for CN=`cn`, O=`org`, signed with the double's CA: what
+    kubeadm's kubeconfig phase signs for admin.conf, super-admin.conf and kubelet.conf."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(pki["ca.crt"].read_bytes())
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _pem(cert), _key_pem(key)
+
+
 def admin_kubeconfig(server: str, pki: dict[str, Path], token: str | None = None) -> str:
     """kubeadm's admin.conf shape (what roles/control_plane fetches): embedded CA and client cert."""
 
@@ -682,7 +713,7 @@ class ApiServerDouble:
     ) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.nodes = nodes or [NodeSpec("node1")]
+        self.nodes = nodes if nodes is not None else [NodeSpec("node1")]  # [] for a cluster nodes join
         self.images = dict(images or {})
         self.unpullable = set(unpullable)
         self.claim_folders = dict(claims or {})  # claim name (namespace default) -> host folder; Bound

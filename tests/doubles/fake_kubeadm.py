@@ -58,7 +58,11 @@ TOOL = "kubeadm"
 
 
 def arg(name: str, default: str | None = None) -> str | None:
+    """A flag's value, given as `--flag value` or `--flag=value` (kubeadm's pflag takes both)."""
     argv = sys.argv[1:]
+    joined = next((a.split("=", 1)[1] for a in argv if a.startswith(name + "=")), None)
+    if joined is not None:
+        return joined
     return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else default
 
 
@@ -204,9 +208,16 @@ def api_double() -> str | None:
     return fake_common.config().get("api_double")
 
 
+GIVEN = Path("/etc/pyctl-test-doubles/pki")  # client certificates the test signed with the given CA
+
+
 def signed_kubeconfig(endpoint: str, ca_pem: bytes, user: str, cn: str, org: str) -> str:
     """A kubeconfig with a client certificate signed by the cluster CA (as kubeadm's kubeconfig phase writes
-    admin.conf), made with the openssl command (the lab hosts have it; the double has no crypto library)."""
+    admin.conf): the one the test signed for CN `cn` (GIVEN/<cn>.crt and .key: the lab image has no openssl and the
+    double no crypto library), else one made with the openssl command."""
+    given = GIVEN / f"{cn}.crt", GIVEN / f"{cn}.key"
+    if all(path.is_file() for path in given):
+        return kubeconfig_with(endpoint, ca_pem, user, given[0].read_bytes(), given[1].read_bytes())
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         (work / "ext").write_text(
@@ -243,7 +254,10 @@ def signed_kubeconfig(endpoint: str, ca_pem: bytes, user: str, cn: str, org: str
             if done.returncode != 0:
                 fake_common.die(TOOL, f"TEST DOUBLE: openssl failed making {user}'s certificate: {done.stderr.strip()}")
         cert, key = (work / "crt").read_bytes(), (work / "key").read_bytes()
+    return kubeconfig_with(endpoint, ca_pem, user, cert, key)
 
+
+def kubeconfig_with(endpoint: str, ca_pem: bytes, user: str, cert: bytes, key: bytes) -> str:
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
