@@ -46,8 +46,11 @@ Controllers, modelled on what pyctl relies on:
   Network equal to kube-system/kubeadm-config's podSubnet; they advertise nvidia.com/gpu only where the device
   plugin's DaemonSet runs with the nvidia runtime (a RuntimeClass that exists and whose handler is a runtime of
   the node's `containerd config dump`, or nvidia as containerd's default runtime); DaemonSets get the model's
-  status and pods (owned by the DaemonSet, none where admission refuses a missing RuntimeClass). Not ported yet:
-  the bridge-nf-call smoke pods and the claim model (the acceptance gate's storage and Service checks);
+  status and pods (owned by the DaemonSet, none where admission refuses a missing RuntimeClass); a claim is Bound
+  when a volume is pre-bound to it; a standalone pod for a joined node (any node, when the double was given no
+  NodeSpec) gets the model's fate instead of the kubelet stand-in's (the acceptance gate's smoke, GPU, write and
+  read pods: Failed without a pod network or where the node's bridge-nf-call-iptables is off, Pending while its
+  claim is unbound, a reader Failed unless the other node wrote the file through the claim);
 - the Job controller (pkg/controller/job, Indexed mode): one pod per completion index, named
   `<job>-<i>-<suffix>` with host name `<job>-<i>`, the job-name, controller-uid and completion-index
   labels and annotation; the pods run through the kubelet stand-in (kubelet_standin.py: processes per
@@ -733,6 +736,7 @@ class ApiServerDouble:
         self.warnings: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
         self.runs: dict[str, _JobRun] = {}  # job uid -> its pods' run
+        self.model_files: dict[str, str] = {}  # the cluster model's shared file store (what pods wrote to claims)
         self._names = itertools.count(1)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -1504,7 +1508,8 @@ class ApiServerDouble:
     # -- the Job controller and the pods ---------------------------------------------------------------
 
     def _after_write(self, res: Resource, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        if res.plural == "pods" and old is None and not obj["metadata"].get("ownerReferences"):
+        standalone = res.plural == "pods" and old is None and not obj["metadata"].get("ownerReferences")
+        if standalone and not self._model_runs(obj):  # the model's verify pods, else the kubelet stand-in
             self._start_pod(obj)
         if res.plural == "jobs":
             labels = obj["metadata"].get("labels") or {}
@@ -1981,7 +1986,37 @@ class ApiServerDouble:
         podSubnet; nvidia.com/gpu only where the device plugin runs with the nvidia runtime (a RuntimeClass whose
         handler is a runtime of the node's `containerd config dump`, or nvidia as containerd's default); and the
         DaemonSets' pods and status follow. Nodes given as NodeSpec are left as they are."""
+        built = self._model_view()
+        if built is None:
+            return
+        view, joined = built
         node_res = self.resource("", "nodes")
+        for name, node in joined.items():
+            model = view.node_object(name)["status"]
+            status = dict(node.get("status") or {})
+            wanted = {
+                **status,
+                "allocatable": model["allocatable"],
+                "capacity": model["capacity"],
+                "conditions": model["conditions"],
+                "addresses": status.get("addresses") or model["addresses"],
+                "nodeInfo": {**(status.get("nodeInfo") or {}), **model["nodeInfo"]},
+            }
+            if wanted != status:
+                node["status"] = wanted
+                self._update(node_res, node)
+        claim_res = self.resource("", "persistentvolumeclaims")
+        for key, claim in list(self.objects.items()):
+            if key[:2] == ("", "persistentvolumeclaims"):
+                phase = view.claim_object({**claim, "kind": "PersistentVolumeClaim"})["status"]
+                if (claim.get("status") or {}).get("phase") != phase["phase"]:
+                    claim["status"] = {**(claim.get("status") or {}), **phase}
+                    self._update(claim_res, claim)
+        self._daemonset_pods(view)
+
+    def _model_view(self) -> tuple[Any, dict[str, dict[str, Any]]] | None:
+        """A fake_cluster.Cluster over the store (never saved), and the joined Nodes; None while no node joined
+        with its facts or kubeadm-config is missing."""
         joined = {
             key[3]: obj
             for key, obj in self.objects.items()
@@ -1989,7 +2024,7 @@ class ApiServerDouble:
         }
         config = self.objects.get(self._key(self.resource("", "configmaps"), "kube-system", "kubeadm-config"))
         if not joined or config is None:
-            return
+            return None
         cluster = yaml.safe_load((config.get("data") or {}).get("ClusterConfiguration") or "{}") or {}
         view = fake_cluster.Cluster(self.folder / "cluster-model-unsaved.json")  # never saved: a view of the store
         networking = cluster.get("networking") or {}
@@ -2010,26 +2045,39 @@ class ApiServerDouble:
                 "default_runtime": facts.get("default_runtime") or "runc",
                 "bridge_nf_call_iptables": bool(facts.get("bridge_nf_call_iptables", True)),
             }
-        modelled = {("apps", "daemonsets"), ("", "configmaps"), ("node.k8s.io", "runtimeclasses")}
+        modelled = {
+            ("apps", "daemonsets"),
+            ("", "configmaps"),
+            ("node.k8s.io", "runtimeclasses"),
+            ("", "persistentvolumes"),
+            ("", "persistentvolumeclaims"),
+        }
         for (group, plural, namespace, name), obj in self.objects.items():
             if (group, plural) in modelled:
                 kind = self.resource(group, plural).kind
                 view.data["objects"][f"{kind}/{namespace}/{name}"] = {**obj, "kind": kind}
-        for name, node in joined.items():
-            model = view.node_object(name)["status"]
-            status = dict(node.get("status") or {})
-            wanted = {
-                **status,
-                "allocatable": model["allocatable"],
-                "capacity": model["capacity"],
-                "conditions": model["conditions"],
-                "addresses": status.get("addresses") or model["addresses"],
-                "nodeInfo": {**(status.get("nodeInfo") or {}), **model["nodeInfo"]},
-            }
-            if wanted != status:
-                node["status"] = wanted
-                self._update(node_res, node)
-        self._daemonset_pods(view)
+        view.data["files"] = self.model_files
+        return view, joined
+
+    def _model_runs(self, pod: dict[str, Any]) -> bool:
+        """A standalone pod for a joined node (or any node, when the double was given no NodeSpec) gets its fate
+        from the model (fake_cluster.Cluster.run_pod: the verify phase's smoke, GPU, write and read pods), not from
+        the kubelet stand-in: Failed without a pod network, where bridge-nf-call-iptables is off, or when a reader
+        finds no file the other node wrote through the claim; Pending while the claim is not bound."""
+        built = self._model_view()
+        if built is None:
+            return False
+        view, _ = built
+        node = pod["spec"].get("nodeName")
+        if (node and node not in view.data["nodes"]) or (not node and self.nodes):
+            return False
+        fate = view.run_pod(copy.deepcopy(pod))
+        pod["spec"]["nodeName"] = fate["spec"].get("nodeName") or node
+        if pod["spec"]["nodeName"] is None:
+            del pod["spec"]["nodeName"]
+        pod["status"] = fate["status"]
+        self._update(self.resource("", "pods"), pod)
+        return True
 
     def _daemonset_pods(self, view: Any) -> None:
         ds_res, pod_res = self.resource("apps", "daemonsets"), self.resource("", "pods")

@@ -35,12 +35,14 @@ Closing the seam (one API double for the bootstrap and training; the parts done 
     /etc/kubernetes/pki/ca.crt and ca.key before `kubeadm init` (kubeadm uses a pre-existing CA);
     tests/k8s/test_kubeadm_rest.py. Not done: serving it for this lab (node1:6443 forwarded to it, pyctl on the
     controller reaching the fetched admin.conf's server).
-(b) done in process: kubeadm's token, cluster-info, discovery and Node registration over REST
-    (tests/doubles/kubeadm_rest.py). Not done: fake_kubeadm.py calling it instead of fake_cluster's endpoints
-    (init: admin.conf's client certificate signed with `openssl` from the given CA; join: discovery, then the Node).
-(c) partly: the fake cluster's node model (flannel, device plugin, RuntimeClass handlers) runs in the API double
-    for joined nodes (tests/k8s/test_apiserver_cluster_model.py). Not ported: the acceptance gate's pods (the
-    bridge-nf-call smoke pods, the claim's write and read).
+(b) done: kubeadm's token, cluster-info, discovery and Node registration over REST (tests/doubles/kubeadm_rest.py),
+    and the kubeadm double's REST mode (settings `api_double`): init, token create/delete and join on a 2-host
+    container lab through node1:6443 forwarded to the double (tests/k8s/test_kubeadm_rest_lab.py, 13 s). Not done:
+    this lab (and test_lab_phases') bootstrap switched to it, which needs (d).
+(c) done in process: the fake cluster's model (flannel, device plugin, RuntimeClass handlers, the claim, the
+    acceptance gate's smoke/GPU/write/read pods) runs in the API double for joined nodes
+    (tests/k8s/test_apiserver_cluster_model.py, the real kubectl applying the golden manifests). Not done: the
+    lab tests' own checks that read the fake cluster's state (install.cluster_state) moved to the API.
 (d) not done: Debian's kubectl 1.36 (kubernetes-client) on node1 instead of the kubectl double.
 """
 

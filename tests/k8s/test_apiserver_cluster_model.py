@@ -3,7 +3,8 @@
 Nodes join through kubeadm's REST flow (tests/doubles/kubeadm_rest.py) with their host's facts, and the real kubectl
 (Debian's 1.36) applies pyctl's golden manifests over TLS: the same judgements as tests/k8s/test_doubles.py makes of
 the fake cluster (nodes NotReady until flannel runs with the pod CIDR; nvidia.com/gpu only where the device plugin
-runs with the nvidia runtime), now made by the API double's controllers (one model: fake_cluster.Cluster).
+runs with the nvidia runtime; the acceptance gate's pods succeed only on a working cluster, a reader fails unless the
+other node wrote through the claim), now made by the API double's controllers (one model: fake_cluster.Cluster).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 import yaml
 
 from tests.doubles import kubeadm_rest
-from tests.doubles.fake_apiserver import ApiServerDouble, NodeSpec
-from tests.doubles.fake_cluster import NOT_READY
+from tests.doubles.fake_apiserver import ApiServerDouble
+from tests.doubles.fake_cluster import CP_TAINT, NOT_READY
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sample"
 KUBECTL = Path(sys.executable).parent / "kubectl"  # Debian sid's 1.36 build, as scripts/setup --dev installs it
@@ -37,10 +38,14 @@ CLUSTER = {
 def api(tmp_path: Path):
     if not KUBECTL.is_file():
         pytest.skip(f"kubectl 1.36 is not at {KUBECTL}: run scripts/setup --dev")
-    with ApiServerDouble(tmp_path / "api", nodes=[NodeSpec("cp1", control_plane=True)]) as double:
+    with ApiServerDouble(tmp_path / "api", nodes=[]) as double:
         admin = kubeadm_rest.Api.from_kubeconfig(double.kubeconfig.read_text())
         ca = double.pki["ca.crt"].read_bytes()
         kubeadm_rest.upload_kubeadm_config(admin, CLUSTER)
+        control_plane = kubeadm_rest.node_object(
+            "cp1", {"node-role.kubernetes.io/control-plane": ""}, [CP_TAINT], {"runtimes": {"runc": ""}}
+        )
+        assert admin.call("POST", "/api/v1/nodes", control_plane)[0] == 201
         kubeadm_rest.upload_cluster_info(admin, double.server, ca)
         token = kubeadm_rest.create_token(admin, "15m0s", "test")
         endpoint = double.server.removeprefix("https://")
@@ -102,7 +107,7 @@ def test_joined_nodes_are_not_ready_until_flannel_runs_with_kubeadms_pod_cidr(ap
     assert {ready(n)["status"] for n in nodes(api).values()} == {"False"}
     apply(api, flannel)
     assert wait_for(lambda: {ready(n)["status"] for n in nodes(api).values()} == {"True"})
-    assert api.get("", "nodes", "cp1", "")["status"]["conditions"][0]["status"] == "True"  # a NodeSpec: as given
+    assert ready(api.get("", "nodes", "cp1", ""))["status"] == "True"
 
 
 def test_gpus_appear_only_where_the_device_plugin_runs_with_the_nvidia_runtime(api):
@@ -123,3 +128,44 @@ def test_gpus_appear_only_where_the_device_plugin_runs_with_the_nvidia_runtime(a
     pods = json.loads(kubectl(api, "get", "pods", "-n", "kube-system", "-o", "json"))["items"]
     assert sorted(p["spec"]["nodeName"] for p in pods) == ["gpu1", "gpu2"]
     assert {p["metadata"]["ownerReferences"][0]["kind"] for p in pods} == {"DaemonSet"}
+
+
+SELECTOR = "app.kubernetes.io/managed-by=pyctl-verify"
+
+
+def phases(api: ApiServerDouble) -> dict[str, str]:
+    items = json.loads(kubectl(api, "get", "pods", "-n", "default", "-l", SELECTOR, "-o", "json"))["items"]
+    return {p["metadata"]["name"]: p["status"]["phase"] for p in items}
+
+
+def test_the_verify_pods_succeed_only_on_a_working_cluster(api):
+    """test_doubles' judgement of the acceptance gate's pods, through the API double and the real kubectl."""
+    runtime_class = [d for d in yaml.safe_load_all((GOLDEN / "nvidia-device-plugin.yaml").read_text()) if d]
+    apply(api, yaml.safe_dump_all([d for d in runtime_class if d["kind"] == "RuntimeClass"]))
+    apply(api, (GOLDEN / "round1.yaml").read_text())  # no pod network yet
+    assert set(phases(api).values()) == {"Failed"}
+    kubectl(api, "delete", "pods", "-n", "default", "-l", SELECTOR)
+    apply(api, (GOLDEN / "flannel.yaml").read_text())
+    assert wait_for(lambda: {ready(n)["status"] for n in nodes(api).values()} == {"True"})
+    apply(api, (GOLDEN / "round1.yaml").read_text())  # the network, but no claim yet and no device plugin
+    found = phases(api)
+    assert found["pyctl-verify-smoke"] == "Succeeded"
+    assert found["pyctl-verify-write-0"] == "Pending" and found["pyctl-verify-gpu-0"] == "Failed"
+    kubectl(api, "delete", "pods", "-n", "default", "-l", SELECTOR)
+    for name in ("nvidia-device-plugin.yaml", "shared-storage.yaml"):
+        apply(api, (GOLDEN / name).read_text())
+    assert wait_for(lambda: nodes(api)["gpu2"]["status"]["allocatable"].get("nvidia.com/gpu") == "8")
+    claim = "persistentvolumeclaims"
+    assert wait_for(lambda: api.list("", claim, "default")[0].get("status", {}).get("phase") == "Bound")
+    for name in ("round1.yaml", "round2.yaml"):
+        apply(api, (GOLDEN / name).read_text())
+    assert len(phases(api)) == 7 and set(phases(api).values()) == {"Succeeded"}
+
+
+def test_a_reader_fails_when_the_other_node_never_wrote(api):
+    for name in ("flannel.yaml", "shared-storage.yaml"):
+        apply(api, (GOLDEN / name).read_text())
+    assert wait_for(lambda: {ready(n)["status"] for n in nodes(api).values()} == {"True"})
+    apply(api, (GOLDEN / "round2.yaml").read_text())
+    readers = {name: phase for name, phase in phases(api).items() if name.startswith("pyctl-verify-read")}
+    assert readers and set(readers.values()) == {"Failed"}
