@@ -4,12 +4,17 @@ The HTTPS API double listens on the lab's gateway inside the lab's network names
 the test puts on node1 as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing CA). `kubeadm init` on
 node1 signs admin.conf with it, forwards node1:6443 to the double and registers node1; `kubeadm token create` writes
 a bootstrap-token Secret; `kubeadm join` on node2 discovers the CA through cluster-info's JWS and the pinned hash and
-registers node2. The host checks are not the point here (test_lab_phases runs them): they are ignored by name.
+registers node2. Then the real kubectl (Debian sid's 1.36 build, the one scripts/setup --dev puts in the venv,
+copied to node1 in place of the kubectl double) applies flannel's pinned manifest through node1:6443 with the
+admin.conf kubeadm wrote, and the nodes turn Ready in the double's cluster model. The host checks are not the point
+here (test_lab_phases runs them): they are ignored by name.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,3 +144,21 @@ def test_init_token_and_join_go_through_the_api_double_over_tls(lab_api):
     assert api.get("", "secrets", f"bootstrap-token-{token.split('.')[0]}", "kube-system") is None
     calls = [c for c in install.calls(lab, "node2", "kubeadm") if c["argv"][0] == "join"]
     assert calls and calls[0]["ca_hashes"] == 1 and "failed" not in calls[0]
+
+
+def test_the_real_kubectl_on_the_control_plane_applies_flannel_through_the_double(lab_api):
+    lab, api = lab_api
+    kubectl = Path(sys.executable).parent / "kubectl"
+    if not kubectl.is_file():
+        pytest.skip(f"kubectl 1.36 is not at {kubectl}: run scripts/setup --dev")
+    if api.get("", "nodes", "node2", "") is None:
+        pytest.skip("needs the cluster the previous test built")
+    put(lab, "node1", "/usr/local/bin/kubectl", kubectl.read_bytes(), "755")
+    put(lab, "node1", "/root/flannel.yaml", (GOLDEN / "flannel.yaml").read_bytes())
+    admin = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+    assert "Server Version: v1.36" in lab.ssh("node1", f"{admin} version").stdout
+    applied = lab.ssh("node1", f"{admin} apply -f /root/flannel.yaml", check=False)
+    assert applied.returncode == 0 and "daemonset.apps/kube-flannel-ds created" in applied.stdout, applied.stderr
+    assert wait_for(lambda: ready_message(api, "node2") == "kubelet is posting ready status")
+    listed = lab.ssh("node1", f"{admin} get nodes --no-headers").stdout
+    assert re.search(r"^node1\s+Ready\s+control-plane", listed, re.M) and re.search(r"^node2\s+Ready", listed, re.M)
