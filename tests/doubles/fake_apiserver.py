@@ -134,6 +134,19 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 FOREGROUND = "foregroundDeletion"
 BOOTSTRAP_TYPE = "bootstrap.kubernetes.io/token"
+# What a kubelet reports about itself (every field NodeSystemInfo requires): the double's values for joined nodes.
+NODE_INFO = {
+    "kubeletVersion": "v1.36.0",
+    "containerRuntimeVersion": "containerd://2.1.4",
+    "osImage": "Debian GNU/Linux 13 (trixie)",
+    "kernelVersion": "6.12.0",
+    "operatingSystem": "linux",
+    "architecture": "amd64",
+    "machineID": "",
+    "systemUUID": "",
+    "bootID": "",
+    "kubeProxyVersion": "",
+}
 BOOTSTRAP_TOKEN = re.compile(r"([a-z0-9]{6})\.([a-z0-9]{16})")
 JWS_PREFIX = "jws-kubeconfig-"
 # What kubeadm's RBAC lets the groups system:bootstrappers and system:anonymous do (kubeadm 1.36,
@@ -2000,7 +2013,7 @@ class ApiServerDouble:
                 "capacity": model["capacity"],
                 "conditions": model["conditions"],
                 "addresses": status.get("addresses") or model["addresses"],
-                "nodeInfo": {**(status.get("nodeInfo") or {}), **model["nodeInfo"]},
+                "nodeInfo": {**NODE_INFO, **(status.get("nodeInfo") or {}), **model["nodeInfo"]},
             }
             if wanted != status:
                 node["status"] = wanted

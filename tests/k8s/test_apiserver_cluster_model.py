@@ -169,3 +169,13 @@ def test_a_reader_fails_when_the_other_node_never_wrote(api):
     apply(api, (GOLDEN / "round2.yaml").read_text())
     readers = {name: phase for name, phase in phases(api).items() if name.startswith("pyctl-verify-read")}
     assert readers and set(readers.values()) == {"Failed"}
+
+
+def test_a_joined_node_takes_the_device_plugins_label_as_the_role_applies_it(api):
+    """nvidia_device_plugin's label.yml: `kubectl label node N KEY=true --overwrite`, "not labeled" when unchanged;
+    the model's status of a joined node passes the API server's validation of the whole Node on every patch."""
+    assert wait_for(lambda: ready(nodes(api)["gpu1"]).get("message") == NOT_READY)
+    label = ("label", "node", "gpu1", "nvidia.com/gpu.present=true", "--overwrite")
+    assert kubectl(api, *label).strip() == "node/gpu1 not labeled"  # it joined with the label
+    assert kubectl(api, "label", "node", "cpu1", "pyctl.io/test=yes", "--overwrite").strip() == "node/cpu1 labeled"
+    assert api.get("", "nodes", "cpu1", "")["metadata"]["labels"]["pyctl.io/test"] == "yes"

@@ -12,6 +12,7 @@ here (test_lab_phases runs them): they are ignored by name.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -162,3 +163,13 @@ def test_the_real_kubectl_on_the_control_plane_applies_flannel_through_the_doubl
     assert wait_for(lambda: ready_message(api, "node2") == "kubelet is posting ready status")
     listed = lab.ssh("node1", f"{admin} get nodes --no-headers").stdout
     assert re.search(r"^node1\s+Ready\s+control-plane", listed, re.M) and re.search(r"^node2\s+Ready", listed, re.M)
+    # the roles' other kubectl command lines, as they are (nvidia_device_plugin's label.yml, verify's cluster.yml)
+    label = f"{admin} label node node2 nvidia.com/gpu.present=true --overwrite"
+    assert lab.ssh("node1", label).stdout.strip() == "node/node2 labeled"
+    assert lab.ssh("node1", label).stdout.strip() == "node/node2 not labeled"
+    snapshot = json.loads(
+        lab.ssh("node1", f"{admin} get nodes,pods,daemonsets,persistentvolumeclaims --all-namespaces -o json").stdout
+    )
+    kinds = {item["kind"] for item in snapshot["items"]}
+    assert {"Node", "Pod", "DaemonSet"} <= kinds
+    assert lab.ssh("node1", f"{admin} get --raw /readyz").stdout.strip() == "ok"
