@@ -43,7 +43,15 @@ Closing the seam (one API double for the bootstrap and training; the parts done 
     acceptance gate's smoke/GPU/write/read pods) runs in the API double for joined nodes
     (tests/k8s/test_apiserver_cluster_model.py, the real kubectl applying the golden manifests). Not done: the
     lab tests' own checks that read the fake cluster's state (install.cluster_state) moved to the API.
-(d) not done: Debian's kubectl 1.36 (kubernetes-client) on node1 instead of the kubectl double.
+(d) partly: on that 2-host lab, Debian's kubectl 1.36 build (sid's `kubectl` package, the binary scripts/setup --dev
+    puts in the venv, copied to node1) runs the roles' own command lines (apply, label twice, verify's snapshot,
+    get --raw /readyz) through node1:6443 with the admin.conf the kubeadm double wrote. Not done: the lab's
+    repository serving that package under pkgs.k8s.io's name and pinned version in place of the kubectl double's.
+Next: `prepare`/`api_double` here serve the double before the bootstrap (nodes=[], host=lab.gateway, netns=
+lab.namespace, port 6443, ca and client certificates put on node1 as test_kubeadm_rest_lab does, `api_double` in
+every host's settings); the Job pods of joined nodes go to the kubelet stand-in in their host's namespace (today a
+double given NodeSpecs sends standalone pods without nodeName to the stand-in, joined nodes' to the model); the
+lab tests read the cluster through the API instead of install.cluster_state.
 """
 
 from __future__ import annotations
