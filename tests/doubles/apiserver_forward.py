@@ -6,7 +6,9 @@ address the test serves tests/doubles/fake_apiserver.py on inside the lab's netw
 host reaches the API server where kubeadm puts it (the control plane's advertise address, port 6443) and TLS runs
 end to end between the client and the double (bytes are passed through; the double's serving certificate names
 this host). Its process is named kube-apiserver, as the real API server's is (what `ss -p` shows), so a re-run's
-preflight knows port 6443 as the cluster's own. Standard library only.
+preflight knows port 6443 as the cluster's own. Upstream contract: what kubeadm 1.36's static kube-apiserver pod
+gives the control plane host, the API on the InitConfiguration's localAPIEndpoint (advertiseAddress:bindPort).
+Standard library only.
     apiserver_forward.py LISTEN_ADDR:PORT TARGET_ADDR:PORT
 """
 

@@ -1,8 +1,8 @@
 """TEST DOUBLE support: kubeadm 1.36's bootstrap-token flow over the Kubernetes REST API, for pyctl's tests only.
 
 What the kubeadm double does against an API server (the HTTPS API double, fake_apiserver.py) instead of the
-fake cluster's private endpoints, with the shapes the real kubeadm v1.36 writes and reads
-(kubernetes/kubernetes cmd/kubeadm/app/phases/bootstraptoken, app/discovery/token/token.go,
+fake cluster's private endpoints, with the shapes the real kubeadm v1.36 writes and reads (upstream contract:
+kubernetes/kubernetes cmd/kubeadm/app/phases/bootstraptoken, app/discovery/token/token.go,
 app/util/pubkeypin; staging/src/k8s.io/cluster-bootstrap/token/{api,jws}):
 
 - `create_token` writes the token as kubeadm does: a Secret `bootstrap-token-<id>` in kube-system of type
