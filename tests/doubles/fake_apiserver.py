@@ -29,7 +29,28 @@ Upstream contract reproduced: the Kubernetes API 1.36 REST conventions
   Wrong types are 400, missing required fields and values outside an enum are 422 Invalid. Kubeflow
   Trainer v2.3.0 custom resources are checked against their pinned CRDs (tests/train/crd_schema.py).
 
+Bootstrap tokens, as kubeadm 1.36 relies on them (k8s.io/cluster-bootstrap/token/{api,jws};
+https://kubernetes.io/docs/reference/access-authn-authz/bootstrap-tokens/): a bearer token `<id>.<secret>`
+matching a Secret kube-system/bootstrap-token-<id> of type bootstrap.kubernetes.io/token, unexpired, with
+usage-bootstrap-authentication "true", authenticates as system:bootstrap:<id>, which may only read
+kube-public/cluster-info, kube-system's kubeadm-config and kubelet-config, and Nodes, and create a Node (the
+kubelet's TLS bootstrap through a CSR is not modelled); anonymous requests may only read cluster-info (kubeadm's
+RBAC); the BootstrapSigner keeps cluster-info's `jws-kubeconfig-<id>` signatures equal to the detached HS256 JWS
+of its kubeconfig for exactly the unexpired signing tokens, and the TokenCleaner deletes expired token Secrets.
+kubeadm's side of the flow is tests/doubles/kubeadm_rest.py. A Secret's `stringData` is merged into `data`.
+
 Controllers, modelled on what pyctl relies on:
+- the fake cluster's model (fake_cluster.Cluster, the same code the plain-HTTP fake cluster runs on lab hosts) for
+  Nodes registered through kubeadm's flow with their host's facts (kubeadm_rest.FACTS): they are NotReady ("cni
+  plugin not initialized") until flannel v0.28.9's DaemonSet runs as the pinned manifest runs it with a net-conf
+  Network equal to kube-system/kubeadm-config's podSubnet; they advertise nvidia.com/gpu only where the device
+  plugin's DaemonSet runs with the nvidia runtime (a RuntimeClass that exists and whose handler is a runtime of
+  the node's `containerd config dump`, or nvidia as containerd's default runtime); DaemonSets get the model's
+  status and pods (owned by the DaemonSet, none where admission refuses a missing RuntimeClass); a claim is Bound
+  when a volume is pre-bound to it; a standalone pod for a joined node (any node, when the double was given no
+  NodeSpec) gets the model's fate instead of the kubelet stand-in's (the acceptance gate's smoke, GPU, write and
+  read pods: Failed without a pod network or where the node's bridge-nf-call-iptables is off, Pending while its
+  claim is unbound, a reader Failed unless the other node wrote the file through the claim);
 - the Job controller (pkg/controller/job, Indexed mode): one pod per completion index, named
   `<job>-<i>-<suffix>` with host name `<job>-<i>`, the job-name, controller-uid and completion-index
   labels and annotation; the pods run through the kubelet stand-in (kubelet_standin.py: processes per
@@ -57,6 +78,11 @@ Controllers, modelled on what pyctl relies on:
   Kueue manages TrainJobs the same way (its trainer.kubeflow.org/trainjob integration: one pod set).
 Use: `with ApiServerDouble(tmp, nodes=[NodeSpec(name, netns=..., address=...)], images={...},
 claims={...}) as api:` then `api.write_kubeconfig(state_dir / "clusters" / NAME / "admin.conf")`.
+Where a lab's hosts must reach it: `host=` an address inside a lab's network namespace, `netns=` that namespace
+(the listening socket is bound there), `port=6443`, `sans=` the names the hosts use (the control plane's address
+and controlPlaneEndpoint), and `ca=(ca.crt, ca.key)` to serve with a CA made beforehand, the way kubeadm uses a
+pre-existing /etc/kubernetes/pki/ca.crt and ca.key (https://kubernetes.io/docs/tasks/administer-cluster/kubeadm/kubeadm-certs/#custom-certificates);
+`pki["ca.key"]` is written either way.
 Not modelled: kubeflow.org PyTorchJobs (not served: 404, as without the training operator), the JobSet
 object, RBAC (every authenticated user is an admin), Services' endpoints, PVC provisioning, managed
 fields of server-side apply, Table columns beyond nodes, pods and jobs.
@@ -89,7 +115,7 @@ from typing import Any
 
 import yaml
 
-from tests.doubles import openapi_strict
+from tests.doubles import fake_cluster, kubeadm_rest, openapi_strict
 from tests.doubles.kubelet_standin import INDEX_KEY, KubeletStandin
 
 VERSION = {
@@ -107,6 +133,36 @@ GPU = "nvidia.com/gpu"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 FOREGROUND = "foregroundDeletion"
+BOOTSTRAP_TYPE = "bootstrap.kubernetes.io/token"
+# What a kubelet reports about itself (every field NodeSystemInfo requires): the double's values for joined nodes.
+NODE_INFO = {
+    "kubeletVersion": "v1.36.0",
+    "containerRuntimeVersion": "containerd://2.1.4",
+    "osImage": "Debian GNU/Linux 13 (trixie)",
+    "kernelVersion": "6.12.0",
+    "operatingSystem": "linux",
+    "architecture": "amd64",
+    "machineID": "",
+    "systemUUID": "",
+    "bootID": "",
+    "kubeProxyVersion": "",
+}
+BOOTSTRAP_TOKEN = re.compile(r"([a-z0-9]{6})\.([a-z0-9]{16})")
+JWS_PREFIX = "jws-kubeconfig-"
+# What kubeadm's RBAC lets the groups system:bootstrappers and system:anonymous do (kubeadm 1.36,
+# app/phases/bootstraptoken/clusterinfo and node): (user kind, method, path pattern).
+_BOOTSTRAP_RULES = (
+    # system:public-info-viewer (bound to system:authenticated and system:unauthenticated)
+    ("anonymous", "GET", re.compile(r"/version/?")),
+    ("bootstrap", "GET", re.compile(r"/version/?")),
+    ("anonymous", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
+    ("bootstrap", "GET", re.compile(r"/api/v1/namespaces/kube-public/configmaps/cluster-info")),
+    ("bootstrap", "GET", re.compile(r"/api/v1/nodes/[^/]+")),  # kubeadm:get-nodes
+    ("bootstrap", "GET", re.compile(r"/api/v1/namespaces/kube-system/configmaps/(kubeadm-config|kubelet-config)")),
+    # The kubelet's TLS bootstrap (a CSR, then its own client certificate) is not modelled: the joining
+    # node's kubelet stand-in registers its Node with the token (see kubeadm_rest.register_node).
+    ("bootstrap", "POST", re.compile(r"/api/v1/nodes")),
+)
 
 
 @dataclass(frozen=True)
@@ -395,13 +451,17 @@ def _key_pem(key: Any) -> bytes:
     )
 
 
-def make_pki(folder: Path, host: str) -> dict[str, Path]:
-    """A CA (as kubeadm's "kubernetes" CA), the API server's serving certificate for `host`, and the
-    admin client certificate (CN=kubernetes-admin, O=kubeadm:cluster-admins), as PEM files."""
+def make_pki(
+    folder: Path, host: str, ca: tuple[Path, Path] | None = None, sans: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """A CA (as kubeadm's "kubernetes" CA; with `ca`, that existing certificate and key, as kubeadm uses a
+    pre-existing /etc/kubernetes/pki/ca.crt and ca.key), the API server's serving certificate for `host` and
+    `sans` (IP addresses or DNS names), and the admin client certificate (CN=kubernetes-admin,
+    O=kubeadm:cluster-admins), as PEM files."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     folder.mkdir(parents=True, exist_ok=True)
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
@@ -413,8 +473,12 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
             attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
         return x509.Name(attrs)
 
+    if ca is not None:
+        ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
+        ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
+        return _leaves(folder, host, sans, ca_cert, ca_key)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
+    ca_cert = (
         x509.CertificateBuilder()
         .subject_name(name("kubernetes"))
         .issuer_name(name("kubernetes"))
@@ -429,6 +493,24 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return _leaves(folder, host, sans, ca_cert, ca_key)
+
+
+def _leaves(folder: Path, host: str, sans: tuple[str, ...], ca: Any, ca_key: Any) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    end = start + datetime.timedelta(days=2)
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
 
     def leaf(cn: str, org: str | None, usage: Any, sans: list[Any] | None) -> tuple[Any, Any]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -449,17 +531,19 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(ca_key, hashes.SHA256()), key
 
-    sans: list[Any] = [
+    names: list[Any] = [
         x509.DNSName(n) for n in ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost")
     ]
-    try:
-        sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        sans.append(x509.DNSName(host))
-    server, server_key = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    for extra in dict.fromkeys((host, *sans)):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(extra)))
+        except ValueError:
+            names.append(x509.DNSName(extra))
+    server, server_key = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, names)
     client, client_key = leaf("kubernetes-admin", "kubeadm:cluster-admins", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     files = {
         "ca.crt": _pem(ca),
+        "ca.key": _key_pem(ca_key),
         "apiserver.crt": _pem(server),
         "apiserver.key": _key_pem(server_key),
         "admin.crt": _pem(client),
@@ -472,6 +556,37 @@ def make_pki(folder: Path, host: str) -> dict[str, Path]:
         path.chmod(0o600)
         paths[file_name] = path
     return paths
+
+
+def client_certificate(pki: dict[str, Path], cn: str, org: str) -> tuple[bytes, bytes]:
+    """A client certificate (PEM certificate, PEM key) for CN=`cn`, O=`org`, signed with the double's CA: what
+    kubeadm's kubeconfig phase signs for admin.conf, super-admin.conf and kubelet.conf."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(pki["ca.crt"].read_bytes())
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _pem(cert), _key_pem(key)
 
 
 def admin_kubeconfig(server: str, pki: dict[str, Path], token: str | None = None) -> str:
@@ -504,6 +619,33 @@ def admin_kubeconfig(server: str, pki: dict[str, Path], token: str | None = None
         },
         sort_keys=False,
     )
+
+
+def in_netns(netns: str, make: Any) -> Any:
+    """`make()` run in a thread that has joined the network namespace /run/netns/`netns` (setns(2) changes the
+    calling thread only): a socket it binds listens there, while its accept loop may run in any thread."""
+    import ctypes
+
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), f"setns into network namespace {netns}")
+            finally:
+                os.close(fd)
+            result["value"] = make()
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 # --- the configuration a test gives ------------------------------------------------------------------
@@ -578,12 +720,16 @@ class ApiServerDouble:
         quotas: dict[str, dict[str, int]] | None = None,
         token: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
+        netns: str | None = None,
+        ca: tuple[Path, Path] | None = None,
+        sans: tuple[str, ...] = (),
         master_delay_s: float = 3.0,
         history: int = 10000,
     ) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.nodes = nodes or [NodeSpec("node1")]
+        self.nodes = nodes if nodes is not None else [NodeSpec("node1")]  # [] for a cluster nodes join
         self.images = dict(images or {})
         self.unpullable = set(unpullable)
         self.claim_folders = dict(claims or {})  # claim name (namespace default) -> host folder; Bound
@@ -591,6 +737,8 @@ class ApiServerDouble:
         self.quotas = {k: dict(v) for k, v in (quotas or {}).items()}  # ClusterQueue -> resource -> amount
         self.token = token
         self.host = host
+        self.port = port
+        self.netns = netns  # listen inside this network namespace (/run/netns/NAME), e.g. on a lab's gateway
         self.master_delay_s = master_delay_s
         self.history_limit = history
         self.lock = threading.RLock()
@@ -601,10 +749,11 @@ class ApiServerDouble:
         self.warnings: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
         self.runs: dict[str, _JobRun] = {}  # job uid -> its pods' run
+        self.model_files: dict[str, str] = {}  # the cluster model's shared file store (what pods wrote to claims)
         self._names = itertools.count(1)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.pki = make_pki(folder / "pki", host)
+        self.pki = make_pki(folder / "pki", host, ca, sans)
         self._server: ThreadingHTTPServer | None = None
         self.kubeconfig = folder / "admin.conf"
         with self.lock:
@@ -642,7 +791,10 @@ class ApiServerDouble:
         class Handler(_Handler):
             api = double
 
-        self._server = Server((self.host, 0), Handler)
+        if self.netns:
+            self._server = in_netns(self.netns, lambda: Server((self.host, self.port), Handler))
+        else:
+            self._server = Server((self.host, self.port), Handler)
         self.kubeconfig.write_text(admin_kubeconfig(self.server, self.pki, self.token), encoding="utf-8")
         self.kubeconfig.chmod(0o600)
         for target in (self._server.serve_forever, self._controller_loop):
@@ -1004,6 +1156,9 @@ class ApiServerDouble:
             meta.pop(dropped, None)
         if query.get("dryRun") == "All":
             return obj, warnings
+        if res.plural == "secrets" and "stringData" in obj:  # write-only: merged into data, base64-encoded
+            extra = {k: base64.b64encode(str(v).encode()).decode() for k, v in (obj.pop("stringData") or {}).items()}
+            obj["data"] = {**(obj.get("data") or {}), **extra}
         if res.plural == "persistentvolumeclaims":
             obj["status"] = {"phase": "Pending"}  # no provisioner here
         if res.plural == "pods":
@@ -1366,7 +1521,8 @@ class ApiServerDouble:
     # -- the Job controller and the pods ---------------------------------------------------------------
 
     def _after_write(self, res: Resource, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        if res.plural == "pods" and old is None and not obj["metadata"].get("ownerReferences"):
+        standalone = res.plural == "pods" and old is None and not obj["metadata"].get("ownerReferences")
+        if standalone and not self._model_runs(obj):  # the model's verify pods, else the kubelet stand-in
             self._start_pod(obj)
         if res.plural == "jobs":
             labels = obj["metadata"].get("labels") or {}
@@ -1776,10 +1932,204 @@ class ApiServerDouble:
                 self._remove(self._res_of(workload), workload)
         self._admit_pending()
 
+    # -- bootstrap tokens: the authenticator, kube-controller-manager's BootstrapSigner and TokenCleaner ---------
+
+    def _token_fields(self, secret: dict[str, Any]) -> dict[str, str]:
+        try:
+            return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        except (ValueError, UnicodeDecodeError):
+            return {}
+
+    def _valid_tokens(self, usage: str) -> dict[str, str]:
+        """token id -> secret of the well-formed, unexpired bootstrap token Secrets allowing `usage`
+        (k8s.io/cluster-bootstrap/token/api: type bootstrap.kubernetes.io/token in kube-system, named
+        bootstrap-token-<id>, usage-bootstrap-<usage>: "true", expiration in RFC 3339 not passed)."""
+        found = {}
+        for (group, plural, namespace, name), secret in self.objects.items():
+            if (group, plural, namespace) != ("", "secrets", "kube-system") or secret.get("type") != BOOTSTRAP_TYPE:
+                continue
+            fields = self._token_fields(secret)
+            token_id, token_secret = fields.get("token-id", ""), fields.get("token-secret", "")
+            if name != f"bootstrap-token-{token_id}" or not BOOTSTRAP_TOKEN.fullmatch(f"{token_id}.{token_secret}"):
+                continue
+            if fields.get(f"usage-bootstrap-{usage}") != "true" or _expired(fields.get("expiration")):
+                continue
+            found[token_id] = token_secret
+        return found
+
+    def bootstrap_user(self, bearer: str) -> str | None:
+        """The bootstrap token authenticator: system:bootstrap:<id> for a valid token, else None."""
+        match = BOOTSTRAP_TOKEN.fullmatch(bearer)
+        if not match:
+            return None
+        with self.lock:
+            known = self._valid_tokens("authentication").get(match.group(1))
+        if known is None or not secrets.compare_digest(known, match.group(2)):
+            return None
+        return f"system:bootstrap:{match.group(1)}"
+
+    def _bootstrap_tokens(self) -> None:
+        """TokenCleaner deletes expired token Secrets; BootstrapSigner keeps kube-public/cluster-info's
+        jws-kubeconfig-<id> equal to the detached JWS of its kubeconfig for each signing token, and only those."""
+        secret_res = self.resource("", "secrets")
+        for key, secret in list(self.objects.items()):
+            token = key[:3] == ("", "secrets", "kube-system") and secret.get("type") == BOOTSTRAP_TYPE
+            if token and _expired(self._token_fields(secret).get("expiration")):
+                self._remove(secret_res, secret)
+        cm_res = self.resource("", "configmaps")
+        info = self.objects.get(self._key(cm_res, "kube-public", "cluster-info"))
+        if info is None:
+            return
+        data = info.get("data") or {}
+        content = data.get("kubeconfig", "")
+        wanted = {k: v for k, v in data.items() if not k.startswith(JWS_PREFIX)}
+        if content:
+            for token_id, token_secret in self._valid_tokens("signing").items():
+                wanted[JWS_PREFIX + token_id] = kubeadm_rest.detached_signature(content, token_id, token_secret)
+        if wanted != data:
+            info["data"] = wanted
+            self._update(cm_res, info)
+
+    # -- the cluster model of the fake cluster, for nodes that joined through kubeadm ----------------------------
+
+    def _cluster_model(self) -> None:
+        """Nodes registered with their host's facts (kubeadm_rest.FACTS, what the kubelet knows about its host)
+        get their status from the fake cluster's model (fake_cluster.Cluster, one source of truth): NotReady until
+        flannel's DaemonSet runs as the pinned manifest runs it with net-conf's Network equal to kubeadm-config's
+        podSubnet; nvidia.com/gpu only where the device plugin runs with the nvidia runtime (a RuntimeClass whose
+        handler is a runtime of the node's `containerd config dump`, or nvidia as containerd's default); and the
+        DaemonSets' pods and status follow. Nodes given as NodeSpec are left as they are."""
+        built = self._model_view()
+        if built is None:
+            return
+        view, joined = built
+        node_res = self.resource("", "nodes")
+        for name, node in joined.items():
+            model = view.node_object(name)["status"]
+            status = dict(node.get("status") or {})
+            wanted = {
+                **status,
+                "allocatable": model["allocatable"],
+                "capacity": model["capacity"],
+                "conditions": model["conditions"],
+                "addresses": status.get("addresses") or model["addresses"],
+                "nodeInfo": {**NODE_INFO, **(status.get("nodeInfo") or {}), **model["nodeInfo"]},
+            }
+            if wanted != status:
+                node["status"] = wanted
+                self._update(node_res, node)
+        claim_res = self.resource("", "persistentvolumeclaims")
+        for key, claim in list(self.objects.items()):
+            if key[:2] == ("", "persistentvolumeclaims"):
+                phase = view.claim_object({**claim, "kind": "PersistentVolumeClaim"})["status"]
+                if (claim.get("status") or {}).get("phase") != phase["phase"]:
+                    claim["status"] = {**(claim.get("status") or {}), **phase}
+                    self._update(claim_res, claim)
+        self._daemonset_pods(view)
+
+    def _model_view(self) -> tuple[Any, dict[str, dict[str, Any]]] | None:
+        """A fake_cluster.Cluster over the store (never saved), and the joined Nodes; None while no node joined
+        with its facts or kubeadm-config is missing."""
+        joined = {
+            key[3]: obj
+            for key, obj in self.objects.items()
+            if key[:2] == ("", "nodes") and kubeadm_rest.FACTS in (obj["metadata"].get("annotations") or {})
+        }
+        config = self.objects.get(self._key(self.resource("", "configmaps"), "kube-system", "kubeadm-config"))
+        if not joined or config is None:
+            return None
+        cluster = yaml.safe_load((config.get("data") or {}).get("ClusterConfiguration") or "{}") or {}
+        view = fake_cluster.Cluster(self.folder / "cluster-model-unsaved.json")  # never saved: a view of the store
+        networking = cluster.get("networking") or {}
+        view.data["cluster"] = {
+            "podSubnet": networking.get("podSubnet", ""),
+            "serviceSubnet": networking.get("serviceSubnet", "10.96.0.0/12"),
+            "kubernetesVersion": cluster.get("kubernetesVersion", VERSION["gitVersion"]),
+        }
+        for name, node in joined.items():
+            facts = json.loads(node["metadata"]["annotations"][kubeadm_rest.FACTS])
+            view.data["nodes"][name] = {
+                "labels": dict(node["metadata"].get("labels") or {}),
+                "taints": list((node.get("spec") or {}).get("taints") or []),
+                "gpus": int(facts.get("gpus", 0)),
+                "nvidia_default_runtime": bool(facts.get("nvidia_default_runtime")),
+                "address": facts.get("address", ""),
+                "runtimes": dict(facts.get("runtimes") or {"runc": ""}),
+                "default_runtime": facts.get("default_runtime") or "runc",
+                "bridge_nf_call_iptables": bool(facts.get("bridge_nf_call_iptables", True)),
+            }
+        modelled = {
+            ("apps", "daemonsets"),
+            ("", "configmaps"),
+            ("node.k8s.io", "runtimeclasses"),
+            ("", "persistentvolumes"),
+            ("", "persistentvolumeclaims"),
+        }
+        for (group, plural, namespace, name), obj in self.objects.items():
+            if (group, plural) in modelled:
+                kind = self.resource(group, plural).kind
+                view.data["objects"][f"{kind}/{namespace}/{name}"] = {**obj, "kind": kind}
+        view.data["files"] = self.model_files
+        return view, joined
+
+    def _model_runs(self, pod: dict[str, Any]) -> bool:
+        """A standalone pod for a joined node (or any node, when the double was given no NodeSpec) gets its fate
+        from the model (fake_cluster.Cluster.run_pod: the verify phase's smoke, GPU, write and read pods), not from
+        the kubelet stand-in: Failed without a pod network, where bridge-nf-call-iptables is off, or when a reader
+        finds no file the other node wrote through the claim; Pending while the claim is not bound."""
+        built = self._model_view()
+        if built is None:
+            return False
+        view, _ = built
+        node = pod["spec"].get("nodeName")
+        if (node and node not in view.data["nodes"]) or (not node and self.nodes):
+            return False
+        fate = view.run_pod(copy.deepcopy(pod))
+        pod["spec"]["nodeName"] = fate["spec"].get("nodeName") or node
+        if pod["spec"]["nodeName"] is None:
+            del pod["spec"]["nodeName"]
+        pod["status"] = fate["status"]
+        self._update(self.resource("", "pods"), pod)
+        return True
+
+    def _daemonset_pods(self, view: Any) -> None:
+        ds_res, pod_res = self.resource("apps", "daemonsets"), self.resource("", "pods")
+        for key, ds in list(self.objects.items()):
+            if key[:2] != ("apps", "daemonsets"):
+                continue
+            model = view.daemonset_object({**ds, "kind": "DaemonSet"})["status"]
+            if any((ds.get("status") or {}).get(k) != v for k, v in model.items()):
+                ds["status"] = {**(ds.get("status") or {}), **model}
+                self._update(ds_res, ds)
+            owner = {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "name": ds["metadata"]["name"],
+                "uid": ds["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+            wanted = {p["metadata"]["name"]: p for p in view.daemonset_pods(ds)}
+            for pod_key, pod in list(self.objects.items()):
+                refs = pod["metadata"].get("ownerReferences") or []
+                owned = pod_key[:2] == ("", "pods") and any(r.get("uid") == owner["uid"] for r in refs)
+                if owned and pod["metadata"]["name"] not in wanted:
+                    self._remove(pod_res, pod)
+            for name, pod in wanted.items():
+                current = self.objects.get(self._key(pod_res, pod["metadata"]["namespace"], name))
+                if current is None:
+                    pod["metadata"]["ownerReferences"] = [owner]
+                    self._put(pod_res, pod)
+                elif current.get("status") != pod["status"] or current.get("spec") != pod["spec"]:
+                    current["status"], current["spec"] = pod["status"], pod["spec"]
+                    self._update(pod_res, current)
+
     def _controller_loop(self) -> None:
         while not self._stop.is_set():
             with self.lock:
                 try:
+                    self._bootstrap_tokens()
+                    self._cluster_model()
                     self._sync()
                 except Exception as exc:  # a model bug must not kill the loop silently
                     self.warnings.append(f"controller error: {type(exc).__name__}: {exc}")
@@ -1964,6 +2314,17 @@ class ApiServerDouble:
         return standin_pod.log_path, alive
 
 
+def _expired(stamp: str | None) -> bool:
+    """A bootstrap token's expiration (RFC 3339) has passed; one that does not parse counts as expired."""
+    if not stamp:
+        return False
+    try:
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return when <= datetime.datetime.now(datetime.UTC)
+
+
 def _drop(obj: Any, path: str) -> None:
     parts = re.findall(r"[^.\[\]]+|\[\d+\]", path)
     for part in parts[:-1]:
@@ -2055,6 +2416,9 @@ class _Handler(BaseHTTPRequestHandler):
         if auth.startswith("Bearer "):
             if self.api.token and secrets.compare_digest(auth[7:], self.api.token):
                 return "kubernetes-admin"
+            user = self.api.bootstrap_user(auth[7:])
+            if user is not None:
+                return user
             raise ApiError(401, "Unauthorized", "Unauthorized")
         cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         if cert:
@@ -2087,9 +2451,12 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path in ("/readyz", "/livez", "/healthz"):
                 self._send(200, b"ok", "text/plain")
                 return
-            if user is None:
+            kind = "anonymous" if user is None else "bootstrap" if user.startswith("system:bootstrap:") else ""
+            if kind and not any(k == kind and m == method and p.fullmatch(url.path) for k, m, p in _BOOTSTRAP_RULES):
                 raise ApiError(
-                    403, "Forbidden", f'forbidden: User "system:anonymous" cannot {method.lower()} path "{url.path}"'
+                    403,
+                    "Forbidden",
+                    f'forbidden: User "{user or "system:anonymous"}" cannot {method.lower()} path "{url.path}"',
                 )
             self._route(method, url.path, query, body)
         except ApiError as exc:

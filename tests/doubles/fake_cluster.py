@@ -34,6 +34,8 @@ Upstream versions: Kubernetes 1.36 (API server, kubelet, EndpointSlice), contain
 plugin, flannel v0.28.9, NVIDIA device plugin (crash-loops without NVML). It is a model, not Kubernetes:
 nothing here runs containers. Standard library plus PyYAML only. Its process is named kube-apiserver (the
 name `ss -p` shows for the real API server's process), so a re-run's preflight knows port 6443 as the cluster's own.
+Its model (Cluster) also runs inside the HTTPS API double (fake_apiserver.py) for nodes that join through kubeadm's
+REST flow (kubeadm_rest.py), over the objects stored there: one model for both doubles.
     fake_cluster.py serve --state FILE --listen ADDR:PORT
 """
 

@@ -12,6 +12,16 @@ CA hash. It writes what kubeadm would write (admin.conf, kubelet.conf, the CA, t
 starts the fake cluster (fake_cluster.py) on `init`, and records every call in
 /var/log/pyctl-test-doubles/calls.jsonl. Subcommands: version, config validate, init, join, token
 create/delete, reset.
+
+With an API double (the host's settings name `api_double`, ADDR:PORT of tests/doubles/fake_apiserver.py served in
+the lab's network namespace), init, join and token talk to it over the REST API instead, as kubeadm 1.36 does
+(kubeadm_rest.py): init takes the CA the test put in /etc/kubernetes/pki (ca.crt and ca.key: kubeadm uses a
+pre-existing CA), signs admin.conf's, super-admin.conf's and kubelet.conf's client certificates with the openssl
+command, forwards this host's port 6443 to the double (apiserver_forward.py, process kube-apiserver), uploads
+kubeadm-config and cluster-info, creates the init token as a bootstrap-token Secret and registers the control
+plane's Node; join runs token discovery (cluster-info's JWS, the pinned CA hash) and registers its Node with the
+token (no CSR); token create/delete write and delete the Secrets with admin.conf's credentials. Each Node carries
+its host's facts (containerd's runtimes, GPUs, bridge-nf-call-iptables) for the double's cluster model.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -32,6 +43,7 @@ sys.path.insert(0, "/opt/pyctl-test-doubles")
 import fake_common
 import kubeadm_config
 import kubeadm_preflight
+import kubeadm_rest
 import yaml
 
 K8S = Path("/etc/kubernetes")
@@ -39,12 +51,18 @@ KUBELET = Path("/var/lib/kubelet")
 ADMIN = K8S / "admin.conf"
 KUBELET_CONF = K8S / "kubelet.conf"
 CA = K8S / "pki" / "ca.crt"
+CA_KEY = K8S / "pki" / "ca.key"
+CP_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 FAIL_JOIN_ONCE = Path("/etc/pyctl-test-doubles/fail-join-once")
 TOOL = "kubeadm"
 
 
 def arg(name: str, default: str | None = None) -> str | None:
+    """A flag's value, given as `--flag value` or `--flag=value` (kubeadm's pflag takes both)."""
     argv = sys.argv[1:]
+    joined = next((a.split("=", 1)[1] for a in argv if a.startswith(name + "=")), None)
+    if joined is not None:
+        return joined
     return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else default
 
 
@@ -182,6 +200,176 @@ def start_kubelet() -> None:
     systemctl("restart", "kubelet")
 
 
+# --- with an API double (settings `api_double`): kubeadm's calls over the REST API ----------------------------
+
+
+def api_double() -> str | None:
+    """ADDR:PORT of the HTTPS API double this lab's test serves, or None (then the fake cluster stands in)."""
+    return fake_common.config().get("api_double")
+
+
+GIVEN = Path("/etc/pyctl-test-doubles/pki")  # client certificates the test signed with the given CA
+
+
+def signed_kubeconfig(endpoint: str, ca_pem: bytes, user: str, cn: str, org: str) -> str:
+    """A kubeconfig with a client certificate signed by the cluster CA (as kubeadm's kubeconfig phase writes
+    admin.conf): the one the test signed for CN `cn` (GIVEN/<cn>.crt and .key: the lab image has no openssl and the
+    double no crypto library), else one made with the openssl command."""
+    given = GIVEN / f"{cn}.crt", GIVEN / f"{cn}.key"
+    if all(path.is_file() for path in given):
+        return kubeconfig_with(endpoint, ca_pem, user, given[0].read_bytes(), given[1].read_bytes())
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        (work / "ext").write_text(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n"
+        )
+        openssl = ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        subject = f"/O={org}/CN={cn}"
+        steps = [
+            [*openssl, "-keyout", str(work / "key"), "-subj", subject, "-out", str(work / "csr")],
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(work / "csr"),
+                "-CA",
+                str(CA),
+                "-CAkey",
+                str(CA_KEY),
+                "-days",
+                "365",
+                "-sha256",
+                "-set_serial",
+                "0x" + secrets.token_hex(16),
+                "-extfile",
+                str(work / "ext"),
+                "-out",
+                str(work / "crt"),
+            ],
+        ]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                fake_common.die(TOOL, f"TEST DOUBLE: openssl failed making {user}'s certificate: {done.stderr.strip()}")
+        cert, key = (work / "crt").read_bytes(), (work / "key").read_bytes()
+    return kubeconfig_with(endpoint, ca_pem, user, cert, key)
+
+
+def kubeconfig_with(endpoint: str, ca_pem: bytes, user: str, cert: bytes, key: bytes) -> str:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kubernetes",
+                    "cluster": {"server": f"https://{endpoint}", "certificate-authority-data": b64(ca_pem)},
+                }
+            ],
+            "contexts": [{"name": f"{user}@kubernetes", "context": {"cluster": "kubernetes", "user": user}}],
+            "current-context": f"{user}@kubernetes",
+            "users": [{"name": user, "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+        },
+        sort_keys=False,
+    )
+
+
+def admin_api() -> kubeadm_rest.Api:
+    if not ADMIN.is_file():
+        fake_common.die(TOOL, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file")
+    return kubeadm_rest.Api.from_kubeconfig(ADMIN.read_text())
+
+
+def join_command(endpoint: str, token: str) -> str:
+    return f"kubeadm join {endpoint} --token {token} --discovery-token-ca-cert-hash {kubeadm_rest.ca_hash(CA.read_bytes())} "
+
+
+def rest_init(
+    cluster: dict[str, Any], name: str, registration: dict[str, Any], endpoint: str, port: int, ttl: str
+) -> str:
+    """kubeadm init's certs, kubeconfig, upload-config, bootstrap-token and mark-control-plane phases against the
+    API double, with the CA the test put in /etc/kubernetes/pki (kubeadm uses a pre-existing ca.crt and ca.key)."""
+    if not (CA.is_file() and CA_KEY.is_file()):
+        fake_common.die(
+            TOOL,
+            f"TEST DOUBLE: with an API double, {CA} and {CA_KEY} must be the double's CA (the test puts them there;"
+            " kubeadm uses a pre-existing CA)",
+        )
+    ca_pem = CA.read_bytes()
+    write(ADMIN, signed_kubeconfig(endpoint, ca_pem, "kubernetes-admin", "kubernetes-admin", "kubeadm:cluster-admins"))
+    write(
+        K8S / "super-admin.conf",
+        signed_kubeconfig(endpoint, ca_pem, "kubernetes-super-admin", "kubernetes-super-admin", "system:masters"),
+    )
+    write(KUBELET_CONF, signed_kubeconfig(endpoint, ca_pem, "system:node", f"system:node:{name}", "system:nodes"))
+    write(K8S / "manifests" / "kube-apiserver.yaml", "# TEST DOUBLE: the API server is the HTTPS API double\n")
+    start_kubelet()
+    systemctl("stop", fake_common.SERVER_UNIT)
+    systemctl("reset-failed", fake_common.SERVER_UNIT)
+    subprocess.run(
+        [
+            "systemd-run",
+            f"--unit={fake_common.SERVER_UNIT}",
+            "--description=pyctl TEST DOUBLE: port 6443 forwarded to the Kubernetes API double",
+            sys.executable,
+            str(fake_common.HOME / "apiserver_forward.py"),
+            f"0.0.0.0:{port}",
+            str(api_double()),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    api = admin_api()
+    for _ in range(80):  # the forwarder's socket: up within a few seconds
+        try:
+            if api.call("GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.25)
+    try:
+        kubeadm_rest.upload_kubeadm_config(api, cluster)
+        kubeadm_rest.upload_cluster_info(api, f"https://{endpoint}", ca_pem)
+        token = kubeadm_rest.create_token(api, ttl, "The default bootstrap token generated by 'kubeadm init'.")
+        labels = {**node_labels(registration), "node-role.kubernetes.io/control-plane": ""}
+        labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+        taints = registration.get("taints")
+        facts = {**node_facts(), "gpus": fake_common.config().get("gpus", 0), "address": endpoint.rpartition(":")[0]}
+        node = kubeadm_rest.node_object(name, labels, [CP_TAINT] if taints is None else taints, facts)
+        status, answer = api.call("POST", "/api/v1/nodes", node)
+        if status >= 300 and status != 409:
+            raise kubeadm_rest.KubeadmError(f"unable to register node {name!r}: {answer.get('message')}")
+    except (kubeadm_rest.KubeadmError, OSError) as exc:
+        fake_common.die(TOOL, f"error execution phase upload-config: {exc}")
+    return join_command(endpoint, token)
+
+
+def rest_join(bootstrap: dict[str, Any], registration: dict[str, Any]) -> None:
+    """kubeadm join's discovery (token, cluster-info's JWS, the pinned CA) and the kubelet's Node registration."""
+    endpoint, token = bootstrap["apiServerEndpoint"], bootstrap["token"]
+    try:
+        ca_pem, server = kubeadm_rest.discover(endpoint, token, bootstrap.get("caCertHashes") or [], timeout=30)
+    except (kubeadm_rest.KubeadmError, OSError) as exc:
+        fake_common.die(
+            TOOL, f"error execution phase preflight: couldn't validate the identity of the API Server: {exc}"
+        )
+    write(CA, ca_pem.decode(), 0o644)
+    write(KUBELET_CONF, kubeconfig(endpoint, ca_pem.decode(), "system:node"))
+    address = next((a["value"] for a in registration.get("kubeletExtraArgs") or [] if a["name"] == "node-ip"), "")
+    facts = {**node_facts(), "gpus": fake_common.config().get("gpus", 0), "address": address}
+    name = registration.get("name") or os.uname().nodename
+    node = kubeadm_rest.node_object(name, node_labels(registration), registration.get("taints"), facts)
+    try:
+        kubeadm_rest.register_node(server, ca_pem, token, node)
+    except (kubeadm_rest.KubeadmError, OSError) as exc:
+        fake_common.die(TOOL, f"error execution phase kubelet-start: {exc}")
+
+
 # --- subcommands ---------------------------------------------------------------------------------
 
 
@@ -213,6 +401,11 @@ def init() -> int:
     address = (init_doc.get("localAPIEndpoint") or {}).get("advertiseAddress", "127.0.0.1")
     port = (init_doc.get("localAPIEndpoint") or {}).get("bindPort", 6443)
     endpoint = cluster.get("controlPlaneEndpoint") or f"{address}:{port}"
+    if api_double():
+        ttl = ((init_doc.get("bootstrapTokens") or [{}])[0]).get("ttl", "24h0m0s")
+        name = registration.get("name") or os.uname().nodename
+        join_line = rest_init(cluster, name, registration, endpoint, port, ttl)
+        return init_done(cluster, ttl, waived, join_line)
     ca = f"-----BEGIN CERTIFICATE-----\n{secrets.token_hex(48)}\n-----END CERTIFICATE-----\n"
     ca_hash = "sha256:" + hashlib.sha256(ca.encode()).hexdigest()
     write(CA, ca, 0o644)
@@ -269,6 +462,10 @@ def init() -> int:
     )
     ttl = ((init_doc.get("bootstrapTokens") or [{}])[0]).get("ttl", "24h0m0s")
     token = fake_common.post("/token/create", {"ttl": ttl, "description": "kubeadm init"}, f"127.0.0.1:{port}")["join"]
+    return init_done(cluster, ttl, waived, token)
+
+
+def init_done(cluster: dict[str, Any], ttl: str, waived: list[str], token: str) -> int:
     fake_common.record(
         TOOL,
         sys.argv[1:],
@@ -311,6 +508,12 @@ def join() -> int:
         write(CA, "# TEST DOUBLE: the CA a join that never finished fetched\n", 0o644)
         start_kubelet()
         fake_common.die(TOOL, "error execution phase kubelet-start: timed out waiting for the condition (TEST DOUBLE)")
+    if api_double():
+        rest_join(bootstrap, registration)
+        start_kubelet()
+        fake_common.record(TOOL, sys.argv[1:], **checks)
+        print("This node has joined the cluster")
+        return 0
     settings = fake_common.config()
     answer = fake_common.post(
         "/join",
@@ -345,6 +548,8 @@ def token() -> int:
     if not ADMIN.is_file():
         fake_common.die(TOOL, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file")
     action = sys.argv[2]
+    if api_double():
+        return rest_token(action)
     if action == "create":
         result = fake_common.post(
             "/token/create", {"ttl": arg("--ttl", "24h0m0s"), "description": arg("--description", "")}
@@ -361,6 +566,27 @@ def token() -> int:
         fake_common.record(TOOL, sys.argv[1:], deleted=result["deleted"])
         print(f'bootstrap token "{token_id}" deleted')
         return 0
+    fake_common.die(TOOL, f"TEST DOUBLE: kubeadm token {action} is not implemented")
+    return 2
+
+
+def rest_token(action: str) -> int:
+    api = admin_api()
+    endpoint = yaml.safe_load(ADMIN.read_text())["clusters"][0]["cluster"]["server"].removeprefix("https://")
+    try:
+        if action == "create":
+            token = kubeadm_rest.create_token(api, arg("--ttl", "24h0m0s"), arg("--description", ""))
+            fake_common.record(TOOL, sys.argv[1:])
+            print(join_command(endpoint, token) if "--print-join-command" in sys.argv else token)
+            return 0
+        if action == "delete":
+            token_id = sys.argv[-1]
+            kubeadm_rest.delete_token(api, token_id)
+            fake_common.record(TOOL, sys.argv[1:], deleted=True)
+            print(f'bootstrap token "{token_id}" deleted')
+            return 0
+    except kubeadm_rest.KubeadmError as exc:
+        fake_common.die(TOOL, str(exc))
     fake_common.die(TOOL, f"TEST DOUBLE: kubeadm token {action} is not implemented")
     return 2
 

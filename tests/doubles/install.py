@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 FILES = (
     "fake_common.py",
     "fake_cluster.py",
+    "kubeadm_rest.py",
+    "apiserver_forward.py",
     "fake_kubeadm.py",
     "fake_kubectl.py",
     "fake_nvidia_smi.py",

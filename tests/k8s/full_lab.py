@@ -28,6 +28,30 @@ node1:6443, driven by the kubectl double), and the admin.conf it fetches points 
 Kubernetes API double over HTTPS (tests/doubles/fake_apiserver.py), started by `api_double` for the cluster the
 bootstrap built: its nodes are the lab's worker hosts (their network namespaces and addresses; GPUs as the
 bootstrap labelled them in the fake cluster), and its admin.conf replaces the fetched one where pyctl reads it.
+
+Closing the seam (one API double for the bootstrap and training; the parts done are tested in process):
+(a) done in process: the API double listens inside a lab's network namespace (`netns=`, `host=`, `port=6443`),
+    with the SANs the hosts use and a CA made beforehand (`ca=`), which the lab is to put on node1 as
+    /etc/kubernetes/pki/ca.crt and ca.key before `kubeadm init` (kubeadm uses a pre-existing CA);
+    tests/k8s/test_kubeadm_rest.py. Not done: serving it for this lab (node1:6443 forwarded to it, pyctl on the
+    controller reaching the fetched admin.conf's server).
+(b) done: kubeadm's token, cluster-info, discovery and Node registration over REST (tests/doubles/kubeadm_rest.py),
+    and the kubeadm double's REST mode (settings `api_double`): init, token create/delete and join on a 2-host
+    container lab through node1:6443 forwarded to the double (tests/k8s/test_kubeadm_rest_lab.py, 13 s). Not done:
+    this lab (and test_lab_phases') bootstrap switched to it, which needs (d).
+(c) done in process: the fake cluster's model (flannel, device plugin, RuntimeClass handlers, the claim, the
+    acceptance gate's smoke/GPU/write/read pods) runs in the API double for joined nodes
+    (tests/k8s/test_apiserver_cluster_model.py, the real kubectl applying the golden manifests). Not done: the
+    lab tests' own checks that read the fake cluster's state (install.cluster_state) moved to the API.
+(d) partly: on that 2-host lab, Debian's kubectl 1.36 build (sid's `kubectl` package, the binary scripts/setup --dev
+    puts in the venv, copied to node1) runs the roles' own command lines (apply, label twice, verify's snapshot,
+    get --raw /readyz) through node1:6443 with the admin.conf the kubeadm double wrote. Not done: the lab's
+    repository serving that package under pkgs.k8s.io's name and pinned version in place of the kubectl double's.
+Next: `prepare`/`api_double` here serve the double before the bootstrap (nodes=[], host=lab.gateway, netns=
+lab.namespace, port 6443, ca and client certificates put on node1 as test_kubeadm_rest_lab does, `api_double` in
+every host's settings); the Job pods of joined nodes go to the kubelet stand-in in their host's namespace (today a
+double given NodeSpecs sends standalone pods without nodeName to the stand-in, joined nodes' to the model); the
+lab tests read the cluster through the API instead of install.cluster_state.
 """
 
 from __future__ import annotations

@@ -325,6 +325,8 @@ def test_every_manifest_pyctl_applies_passes_strict_validation(cluster):
         "fake_kubectl.py",
         "openapi_strict.py",
         "fake_cluster.py",
+        "kubeadm_rest.py",
+        "apiserver_forward.py",
         "kubelet_standin.py",
         "fake_nvidia_container_runtime",
         "fake_nvidia_smi.py",
