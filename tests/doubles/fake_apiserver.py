@@ -892,18 +892,7 @@ class ApiServerDouble:
                         "message": "kubelet is posting ready status (TEST DOUBLE)",
                     },
                 ],
-                "nodeInfo": {
-                    "kubeletVersion": "v1.36.0",
-                    "containerRuntimeVersion": "containerd://2.1.4",
-                    "osImage": "Debian GNU/Linux 13 (trixie)",
-                    "kernelVersion": "6.12.0",
-                    "operatingSystem": "linux",
-                    "architecture": "amd64",
-                    "machineID": "",
-                    "systemUUID": "",
-                    "bootID": "",
-                    "kubeProxyVersion": "",
-                },
+                "nodeInfo": dict(NODE_INFO),
             },
         }
 
