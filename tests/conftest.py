@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -158,3 +159,13 @@ def recap(output: str) -> dict[str, list[int]]:
         if len(cells) == 8 and cells[1].isdigit():
             rows[cells[0]] = [int(c) for c in cells[1:]]
     return rows
+
+
+def wait_for(condition, seconds: float = 30, interval: float = 0.2) -> bool:
+    """Poll `condition()` until it is truthy or `seconds` pass; the last answer (tests assert on it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

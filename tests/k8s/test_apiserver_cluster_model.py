@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import wait_for
 from tests.doubles import kubeadm_rest
 from tests.doubles.fake_apiserver import ApiServerDouble
 from tests.doubles.fake_cluster import CP_TAINT, NOT_READY
@@ -82,15 +82,6 @@ def nodes(api: ApiServerDouble) -> dict[str, dict]:
 
 def ready(node: dict) -> dict:
     return next(c for c in node["status"].get("conditions") or [] if c["type"] == "Ready")
-
-
-def wait_for(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def daemonset_seen(api: ApiServerDouble, namespace: str, name: str) -> bool:

@@ -13,12 +13,11 @@ import hashlib
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root, unique_lab_name
+from tests.conftest import require_root, unique_lab_name, wait_for
 from tests.doubles import kubeadm_rest
 from tests.doubles.fake_apiserver import ApiServerDouble, NodeSpec, in_netns, make_pki
 
@@ -43,15 +42,6 @@ def initialised(api: ApiServerDouble, ttl: str = "24h0m0s") -> tuple[bytes, str]
     ca = api.pki["ca.crt"].read_bytes()
     kubeadm_rest.upload_cluster_info(admin(api), api.server, ca)
     return ca, kubeadm_rest.create_token(admin(api), ttl, "kubeadm init")
-
-
-def wait_for(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def node(name: str) -> dict:

@@ -16,13 +16,12 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import lab_leftovers, require_root, unique_lab_name
+from tests.conftest import lab_leftovers, require_root, unique_lab_name, wait_for
 from tests.doubles import install, kubeadm_rest
 from tests.doubles.fake_apiserver import ApiServerDouble, client_certificate, in_netns
 from tests.doubles.fake_cluster import NOT_READY
@@ -74,15 +73,6 @@ def lab_api(tmp_path_factory):
 def ready_message(api: ApiServerDouble, name: str) -> str:
     conditions = (api.get("", "nodes", name, "") or {}).get("status", {}).get("conditions") or []
     return next((c.get("message", "") for c in conditions if c["type"] == "Ready"), "")
-
-
-def wait_for(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def init_config(address: str) -> bytes:
