@@ -13,10 +13,14 @@
    while the other was timing its own (the benchmark stamps their log lines as they appear); counted
    otherwise, one job's epochs beside the other's start-up or exit raised the ceiling. Each kind runs
    --repeats times, interleaved; the figures are the median and the range (min-max) of the repeats,
-   ratios taken per repeat. Beside each run: its wall time, the CPU-seconds of each process tree
-   (torchrun and its workers, from wait4's rusage, start-up included) and the CPU-bound floor (all
-   CPU-seconds spent during the run, ours and the outside load's, over the cores), and the first
-   (warm-up) epoch against a steady one.
+   ratios taken per repeat. In each repeat, after those runs, the lockstep ceiling
+   (benchmarks/_lockstep.py): two processes without torch run fixed chunks of CPU work as long as
+   that repeat's 1-rank step, free and then waiting for each other after every chunk; lockstep /
+   free is the most any synchronous data-parallel job reaches against two independent jobs on this
+   machine, and DDP is also given against it. Beside each run: its wall time, the CPU-seconds of
+   each process tree (torchrun and its workers, from wait4's rusage, start-up included) and the
+   CPU-bound floor (all CPU-seconds spent during the run, ours and the outside load's, over the
+   cores), and the first (warm-up) epoch against a steady one.
 2. Where a 2-rank step goes (benchmarks/_ddp_probe.py under torchrun): the step with no all-reduce
    at all (no_sync), with DDP's defaults, as the payload builds DDP, on a 1-thread gloo group and
    with the fp16 compression hook; wall time per step and its phases; CPU time per step of each
@@ -52,6 +56,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import _lockstep
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "payloads" / "ddp" / "train.py"
@@ -269,6 +275,26 @@ def run_jobs(python: Path, jobs: list[tuple[int, list[str], Path]], max_wait: fl
     return logs[0], run
 
 
+def lockstep_ceiling(step_s: float, args: argparse.Namespace) -> float:
+    """One repeat of the lockstep probe at this step length: free pair, then lockstep pair; prints both."""
+    steps = args.steps * (args.epochs - 1)  # as many steps as the timed epochs of a run
+    units = max(1, round(_lockstep.units_per_second() * step_s))
+    figures = {}
+    for lockstep in (False, True):
+        quiet_before = wait_for_quiet(args.quiet_wait)
+        with LoadMeter() as meter:
+            pair = _lockstep.run_pair(units, steps, lockstep)
+        figures[lockstep] = pair
+        floor = (sum(pair.cpu_s) + meter.outside_cores * meter.seconds) / (os.cpu_count() or 1)
+        name = "lockstep pair, no torch" if lockstep else "free pair, no torch"
+        print(
+            f"  {name:>26}: {pair.steps_per_s:8.1f} steps/s ({steps} steps of {step_s * 1000:.1f} ms of work each; "
+            f"wall {pair.wall_s:.1f} s, CPU {'+'.join(f'{c:.1f}' for c in pair.cpu_s)} s, CPU-bound floor "
+            f"{floor:.1f} s; outside load {meter.outside_cores:.2f} cores, {quiet_before:.2f} just before)"
+        )
+    return figures[True].steps_per_s / figures[False].steps_per_s
+
+
 def spread(values: list[float], digits: int = 3) -> str:
     """'median (min-max)' of a figure over the repeats."""
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
@@ -366,6 +392,7 @@ def main() -> int:
             "2 independent 1-rank jobs": lambda r: [(1, flags, work / f"solo{i}-{r}.jsonl") for i in range(2)],
         }
         runs: dict[str, list[Run]] = {kind: [] for kind in kinds}
+        lockstep_ratios: list[float] = []
         for repeat in range(args.repeats):  # interleaved, so a burst of outside load hits every kind alike
             for kind, jobs in kinds.items():
                 _, run = run_jobs(python, jobs(repeat), args.quiet_wait)
@@ -382,6 +409,7 @@ def main() -> int:
                     )
                     + f"outside load {run.outside_cores:.2f} cores, {run.quiet_before:.2f} just before)"
                 )
+            lockstep_ratios.append(lockstep_ceiling(runs["1 rank"][-1].steady_epoch_s / args.steps, args))
         rates = {kind: [run.samples_per_s for run in kind_runs] for kind, kind_runs in runs.items()}
         t1, t2 = (statistics.median(rates[kind]) for kind in ("1 rank", "2 ranks"))
         ceiling = statistics.median(rates["2 independent 1-rank jobs"])
@@ -400,6 +428,12 @@ def main() -> int:
         print(
             f"machine ceiling: two independent jobs / (2 * t1): {spread(ceilings)}; "
             f"DDP against that ceiling, t2 / two independent jobs: {spread(against)} (target >= 0.90)"
+        )
+        lockstep_against = [b / lock for b, lock in zip(against, lockstep_ratios, strict=True)]
+        print(
+            f"lockstep ceiling (no torch: a wait for the other process after every step-long chunk of CPU work), "
+            f"lockstep / free: {spread(lockstep_ratios)}; DDP against two independent jobs x that ceiling: "
+            f"{spread(lockstep_against)}"
         )
         worst = max(run.outside_cores for kind_runs in runs.values() for run in kind_runs)
         if worst >= QUIET_CORES:
@@ -444,6 +478,9 @@ def main() -> int:
         "ddp_vs_ceiling": round(statistics.median(against), 3),
         "ddp_vs_ceiling_range": [round(min(against), 3), round(max(against), 3)],
         "ddp_vs_ceiling_cpu_bound": round(cpu_bound, 3),
+        "lockstep_ceiling": round(statistics.median(lockstep_ratios), 3),
+        "lockstep_ceiling_range": [round(min(lockstep_ratios), 3), round(max(lockstep_ratios), 3)],
+        "ddp_vs_lockstep_ceiling": round(statistics.median(lockstep_against), 3),
         "repeats": args.repeats,
         "max_outside_load_cores": round(worst, 2),
         "reliable": worst < QUIET_CORES,
