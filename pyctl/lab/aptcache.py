@@ -12,6 +12,12 @@ Each lab bridges it into its namespace: socat inside the namespace listens on th
 directory to a second socat that connects to 127.0.0.1. It has no Remap rules: it fetches exactly the
 URLs the hosts ask for, which are this machine's own mirrors (the image's apt sources are copied from
 this machine's), so it never rewrites a request to a mirror that does not resolve here.
+
+FreshIndexMaxAge is 180 s (apt-cacher-ng's default 27 s): within that window every host's `apt-get update` gets the
+cached index files without a new check upstream. With 50 lab hosts updating over more than 27 s, several refreshes
+of the same InRelease ran at once and apt-cacher-ng failed to move the old copy out of the way ("Failure to move
+file ... InRelease ... File exists" in its error log), failing those hosts' requests. The window stays within "a
+couple of minutes", the bound apt-cacher-ng's own acng.conf gives for consistent responses.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ def _conf(base: Path, port: int) -> str:
         "BindAddress: 127.0.0.1\n"
         f"Port: {port}\n"
         "ExThreshold: 4\n"
+        "FreshIndexMaxAge: 180\n"
         "UnbufferLogs: 1\n"
         "PassThroughPattern: ^$\n"
     )
