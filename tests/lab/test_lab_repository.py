@@ -179,7 +179,7 @@ def test_apt_refuses_the_lab_repository_under_another_key(lab, first):
 
 def test_containerd_2_comes_back_with_its_configuration_after_the_host_restarts(lab, first):
     """A container host's restart (its systemd powers off, nspawn exits, the lab starts it again): what a reboot
-    is for a container host (a VM reboot is covered for containerd 1.x by tests/roles/test_bootstrap_phases.py)."""
+    is for a container host (a VM reboot with containerd 2.x: tests/k8s/test_full_bootstrap.py, last test)."""
     assert first.returncode == 0
     from pyctl.lab import container, ssh
 

@@ -1,6 +1,8 @@
 """Labs and helpers for the node roles' tests (tests/roles): one VM lab and one container lab for the whole
-session, shared by the Molecule scenarios, the bootstrap convergence test and the reboot test, taken down
-once at the end.
+session, shared by the Molecule scenarios (VM lab: node_prep, nfs_server, nfs_client; container lab: containerd,
+ssh_trust) and the node phases on container hosts (test_container_hosts.py), taken down once at the end. The node
+phases through `pyctl bootstrap` on a VM, twice, and the reboot test run on the whole bootstrap's VM
+(tests/k8s/test_full_bootstrap.py).
 
 VM hosts have their own kernel (modules, swap, sysctls, NFS); container hosts (systemd-nspawn) run systemd,
 apt, containerd and sshd. Timings here are those of 2 shared cores under TCG: waits are on conditions, with
@@ -134,19 +136,3 @@ def bootstrap(inventory: Path, state: Path, *args: str, timeout: float = 3600) -
     after = set((state / "runs").glob("*")) if (state / "runs").is_dir() else set()
     new = sorted(after - before)
     return Run(result, new[-1] if new else None, seconds)
-
-
-def wait_for(condition, timeout: float, interval: float = 5.0, what: str = "condition"):
-    """Poll `condition()` until it returns a truthy value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (subprocess.SubprocessError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")

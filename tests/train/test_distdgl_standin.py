@@ -139,13 +139,14 @@ def test_own_ip_missing_fails_fast(distdgl_lab, tmp_path):
 
 
 def test_peer_name_that_never_resolves_fails_within_the_bound(distdgl_lab, tmp_path):
-    """Pod 1's record never appears (the pod never got an address): pod 0 gives up after the default
-    45 s, naming the name, instead of hanging; the gang rule stops pod 1."""
-    documents = _render(distdgl_lab, "distdgl-dns")
+    """Pod 1's record never appears (the pod never got an address): pod 0 gives up after --peer-timeout
+    (8 s here; the default 45 s is in the golden job.json), naming the name, instead of hanging; the gang rule
+    stops pod 1."""
+    documents = _render(distdgl_lab, "distdgl-dns", peer_timeout=8)
     runner, codes, seconds = _run(
         distdgl_lab, tmp_path, documents, timeout=FAIL_BOUND_S + 30, dns_delays={1: None}, master_delay_s=0
     )
-    _fails_fast(runner, codes, seconds, 3, "peer DNS: 1 of 2 machine name(s) did not resolve within 45 s")
+    _fails_fast(runner, codes, seconds, 3, "peer DNS: 1 of 2 machine name(s) did not resolve within 8 s")
     assert "distdgl-dns-1.distdgl-dns" in runner.pods[0].log()
 
 
