@@ -1,10 +1,15 @@
 """Build the .deb packages of the test doubles, for the lab's own repositories (pyctl.lab.repo).
 
-What cannot be real in the lab (kubelet, kubeadm, kubectl until an API server double speaks HTTPS, crictl, the
-NVIDIA container toolkit) is packaged from the doubles in this directory under the upstream packages' names and
-the exact versions pyctl pins (roles/versions, roles/kubernetes, roles/containerd defaults), each with a
-Description that says it is a test double, so that the roles' repository tasks, key checks, pins, holds and
-installs run on fresh lab hosts. Only pyctl's lab tests use these packages.
+What cannot be real in the lab (kubelet, kubeadm, crictl, the NVIDIA container toolkit) is packaged from the
+doubles in this directory under the upstream packages' names and the exact versions pyctl pins (roles/versions,
+roles/kubernetes, roles/containerd defaults), each with a Description that says it is a test double, so that the
+roles' repository tasks, key checks, pins, holds and installs run on fresh lab hosts. Only pyctl's lab tests use
+these packages.
+
+kubectl is the real one where the lab's cluster is the HTTPS API double (fake_apiserver.py): `build(settings,
+kubectl=PATH)` packages that binary (Debian sid's kubectl 1.36 build, which scripts/setup --dev puts in the venv) as
+pkgs.k8s.io's `kubectl` at the pinned version, its Description naming what it is. Without `kubectl` the package
+holds the kubectl double (fake_kubectl.py), which speaks to the kubeadm double's plain-HTTP fake cluster only.
 
 The packages hold the commands only: thin wrappers over the doubles' Python code, which `install.install`
 puts in /opt/pyctl-test-doubles with each host's settings (as today), and the double of the runtime or tool
@@ -13,16 +18,20 @@ role refuses Debian's driver branch before installing it, so no lab host gets th
 double installed by `install.install`).
 
     debs = build(settings)          # cached by content under <state>/cache/lab-debs/<hash>/
+    debs = build(settings, kubectl=Path(sys.executable).parent / "kubectl")   # the real kubectl
     pyctl.lab.repo.publish(lab, debs)
 
-Built once per content hash (the doubles, this file and the pinned versions), byte-identical on a rebuild.
+Built once per content hash (the doubles, this file, the pinned versions and the kubectl binary given),
+byte-identical on a rebuild.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +65,9 @@ class Package:
     name: str
     version: str
     stands_for: str  # what upstream package it doubles, for the Description
-    files: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (content, mode)
+    files: dict[str, tuple[str | Path, int]] = field(default_factory=dict)  # path -> (content or file, mode)
     depends: str = ""
+    description: str = ""  # instead of the test double's
 
 
 def _defaults(role: str) -> dict[str, Any]:
@@ -86,7 +96,23 @@ def _wrapper(package: str, tool: str, command: str) -> tuple[str, int]:
     return WRAPPER.format(package=package, tool=tool, command=command), 0o755
 
 
-def packages(minor: str = "1.36") -> list[Package]:
+def real_kubectl(binary: Path, version: str) -> Package:
+    """pkgs.k8s.io's `kubectl` at the pinned `version`, holding the real kubectl `binary` (Debian's build)."""
+    found = subprocess.run([str(binary), "version", "--client"], capture_output=True, text=True, timeout=30)
+    client = re.search(r"Client Version: v(\S+)", found.stdout)
+    if found.returncode != 0 or client is None:
+        raise ValueError(f"{binary} does not run as kubectl: {(found.stderr or found.stdout).strip()[:200]}")
+    description = (
+        f"Debian's kubectl {client[1]} (sid), repackaged under pkgs.k8s.io's name for pyctl's lab\n"
+        f" The real kubectl binary from Debian's kubectl package (sid's {client[1]} build), unchanged, packaged\n"
+        f" under pkgs.k8s.io's package name and the version pyctl pins ({version}) so that the roles' repository,\n"
+        " pin, hold and install tasks install it and their kubectl calls run for real against the lab's API\n"
+        " server (pyctl's HTTPS Kubernetes API test double). Only pyctl's lab tests install it."
+    )
+    return Package("kubectl", version, "", {"usr/bin/kubectl": (binary, 0o755)}, description=description)
+
+
+def packages(minor: str = "1.36", kubectl: Path | None = None) -> list[Package]:
     v = pinned(minor)
     toolkit = v["nvidia-container-toolkit"]
     crictl = (HERE / "fake_crictl").read_text(encoding="utf-8")
@@ -109,7 +135,9 @@ def packages(minor: str = "1.36") -> list[Package]:
             {"usr/bin/kubeadm": _wrapper("kubeadm", "kubeadm", f'{PYTHON}/fake_kubeadm.py "$@"')},
             depends=f"kubelet (>= {minor}.0), kubectl (>= {minor}.0), cri-tools (>= {v['cri-tools'].split('-')[0]})",
         ),
-        Package(
+        real_kubectl(kubectl, v["kubectl"])
+        if kubectl is not None
+        else Package(
             "kubectl",
             v["kubectl"],
             "pkgs.k8s.io's kubectl",
@@ -153,6 +181,9 @@ def control(package: Package) -> dict[str, str]:
     }
     if package.depends:
         fields["Depends"] = package.depends
+    if package.description:
+        fields["Description"] = package.description
+        return fields
     fields["Description"] = (
         f"pyctl TEST DOUBLE of {package.stands_for}\n"
         f" Not the real {package.name}: a test double from pyctl's tests/doubles, packaged under the\n"
@@ -162,26 +193,37 @@ def control(package: Package) -> dict[str, str]:
     return fields
 
 
-def content_hash(minor: str = "1.36") -> str:
+def _content(source: str | Path) -> str:
+    """What a file of a package hashes as: its text, or a copied file's sha256."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+    return source
+
+
+def content_hash(all_packages: list[Package]) -> str:
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
-    for package in packages(minor):
-        digest.update(json.dumps([control(package), sorted(package.files.items())], sort_keys=True).encode())
+    for package in all_packages:
+        files = sorted((path, _content(source), mode) for path, (source, mode) in package.files.items())
+        digest.update(json.dumps([control(package), files], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def build(settings: Any, minor: str = "1.36") -> list[Path]:
-    """The doubles' packages, built once per content hash under the lab cache; returns the .deb paths."""
+def build(settings: Any, minor: str = "1.36", kubectl: Path | None = None) -> list[Path]:
+    """The doubles' packages (with `kubectl`, that real binary as the kubectl package), built once per content hash
+    under the lab cache; returns the .deb paths."""
     base = settings.state_dir / "cache" / "lab-debs"
-    out = base / content_hash(minor)
-    wanted = [out / f"{p.name}_{p.version}_{ARCH}.deb" for p in packages(minor)]
+    all_packages = packages(minor, kubectl)
+    out = base / content_hash(all_packages)
+    wanted = [out / f"{p.name}_{p.version}_{ARCH}.deb" for p in all_packages]
     with locked(base / ".lock"):
         if all(p.exists() for p in wanted):
             return wanted
         out.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=base))
         try:
-            for package, dest in zip(packages(minor), wanted, strict=True):
+            for package, dest in zip(all_packages, wanted, strict=True):
                 build_one(package, work / package.name, dest)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -191,12 +233,16 @@ def build(settings: Any, minor: str = "1.36") -> list[Path]:
 def build_one(package: Package, tree: Path, dest: Path) -> Path:
     (tree / "DEBIAN").mkdir(parents=True)
     files = dict(package.files)
-    note = f"pyctl TEST DOUBLE of {package.stands_for}: see the package description.\n"
-    files[f"usr/share/doc/{package.name}/README.pyctl-test-double"] = (note, 0o644)
-    for path, (text, mode) in sorted(files.items()):
+    if not package.description:
+        note = f"pyctl TEST DOUBLE of {package.stands_for}: see the package description.\n"
+        files[f"usr/share/doc/{package.name}/README.pyctl-test-double"] = (note, 0o644)
+    for path, (source, mode) in sorted(files.items()):
         target = tree / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        if isinstance(source, Path):
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(source, encoding="utf-8")
         target.chmod(mode)
     for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
         directory.chmod(0o755)

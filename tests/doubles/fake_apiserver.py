@@ -748,6 +748,7 @@ class ApiServerDouble:
         self.rv = 1000
         self.warnings: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
+        self.audit: list[tuple[str, str, str | None]] = []  # (method, path, user; None: anonymous), for tests
         self.runs: dict[str, _JobRun] = {}  # job uid -> its pods' run
         self.model_files: dict[str, str] = {}  # the cluster model's shared file store (what pods wrote to claims)
         self._names = itertools.count(1)
@@ -2437,6 +2438,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.api.requests.append((method, url.path))
         try:
             user = self._user()
+            self.api.audit.append((method, url.path, user))
             if url.path in ("/readyz", "/livez", "/healthz"):
                 self._send(200, b"ok", "text/plain")
                 return

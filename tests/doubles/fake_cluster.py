@@ -35,7 +35,9 @@ plugin, flannel v0.28.9, NVIDIA device plugin (crash-loops without NVML). It is 
 nothing here runs containers. Standard library plus PyYAML only. Its process is named kube-apiserver (the
 name `ss -p` shows for the real API server's process), so a re-run's preflight knows port 6443 as the cluster's own.
 Its model (Cluster) also runs inside the HTTPS API double (fake_apiserver.py) for nodes that join through kubeadm's
-REST flow (kubeadm_rest.py), over the objects stored there: one model for both doubles.
+REST flow (kubeadm_rest.py), over the objects stored there: one model for both doubles. The plain-HTTP server here is
+what the full bootstrap's lab (tests/k8s/full_lab.py) still bootstraps against; tests/k8s/test_lab_phases.py's and
+test_kubeadm_rest_lab's labs bootstrap against the API double (the kubeadm double's REST mode).
     fake_cluster.py serve --state FILE --listen ADDR:PORT
 """
 

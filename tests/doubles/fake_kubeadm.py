@@ -22,6 +22,8 @@ kubeadm-config and cluster-info, creates the init token as a bootstrap-token Sec
 plane's Node; join runs token discovery (cluster-info's JWS, the pinned CA hash) and registers its Node with the
 token (no CSR); token create/delete write and delete the Secrets with admin.conf's credentials. Each Node carries
 its host's facts (containerd's runtimes, GPUs, bridge-nf-call-iptables) for the double's cluster model.
+tests/doubles/install.api_double serves the double and sets this up for a lab (tests/k8s/test_lab_phases.py,
+test_kubeadm_rest_lab.py); without it (tests/k8s/full_lab.py's lab) the fake cluster stands in.
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ settings in /etc/pyctl-test-doubles/config.json. GPU hosts also get the NVIDIA c
 With `packaged=True` those commands come from the doubles' packages instead (debs.py, served by the lab's own
 repository and installed by the roles), and only the doubles' code, settings and nvidia-smi are put here.
 
+With the HTTPS Kubernetes API double as the lab's cluster, `api_double(lab, folder)` serves it before the bootstrap
+(no nodes, on the lab's gateway inside its network namespace, port 6443), puts its CA on the control plane as
+kubeadm's pre-existing /etc/kubernetes/pki/ca.crt and ca.key with the client certificates kubeadm signs with it, and
+names it in every host's settings (`api_double`): the kubeadm double then runs init, join and token over REST and
+forwards the control plane's port 6443 to it, so kubectl on the control plane reaches it over TLS.
+
 Host checks the lab cannot satisfy are waived by name in the settings (`lab_waived_checks`), never
 silently: the kubeadm double prints each as a WARNING naming the reason and records it. Today that is
 SystemVerification (cgroups v2) on container hosts of a machine whose kernel runs cgroups v1/v2 hybrid.
@@ -23,6 +29,8 @@ import json
 import shlex
 import subprocess
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +140,43 @@ def install(lab: Any, gpus: dict[str, int] | None = None, version: str = "v1.36.
         lab.ssh(host, script, timeout=60)
 
 
+def put(lab: Any, host: str, path: str, data: bytes, mode: str = "600") -> None:
+    """Write `data` to `path` on a lab host (folders made), with `mode`; nothing of it on a command line."""
+    remote = f"mkdir -p $(dirname {path}) && cat > {path} && chmod {mode} {path}"
+    subprocess.run(lab.ssh_argv(lab.host(host), remote), input=data, check=True, capture_output=True, timeout=60)
+
+
+# What kubeadm init signs with the cluster CA (kubeconfig phase): CN and organisation of each client certificate.
+SIGNED = (
+    ("kubernetes-admin", "kubeadm:cluster-admins"),
+    ("kubernetes-super-admin", "system:masters"),
+)
+
+
+@contextmanager
+def api_double(lab: Any, folder: Path, control_plane: str = "node1", **options: Any) -> Iterator[Any]:
+    """The HTTPS API double (fake_apiserver.ApiServerDouble, no nodes: they join) as `lab`'s cluster, before the
+    bootstrap: served on the gateway inside the lab's namespace on port 6443 with the control plane's address and
+    name as SANs; its CA on `control_plane` as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing
+    CA), with the client certificates kubeadm would sign with it (the lab image has no openssl: fake_kubeadm.GIVEN);
+    `api_double` in every host's settings. `options` go to the double (e.g. history=)."""
+    from tests.doubles.fake_apiserver import ApiServerDouble, client_certificate
+
+    host = lab.host(control_plane)
+    with ApiServerDouble(
+        folder, nodes=[], host=lab.gateway, port=6443, netns=lab.namespace, sans=(host.address, host.name), **options
+    ) as api:
+        put(lab, host.name, "/etc/kubernetes/pki/ca.crt", api.pki["ca.crt"].read_bytes(), "644")
+        put(lab, host.name, "/etc/kubernetes/pki/ca.key", api.pki["ca.key"].read_bytes())
+        for cn, org in (*SIGNED, (f"system:node:{host.name}", "system:nodes")):
+            cert, key = client_certificate(api.pki, cn, org)
+            put(lab, host.name, f"/etc/pyctl-test-doubles/pki/{cn}.crt", cert, "644")
+            put(lab, host.name, f"/etc/pyctl-test-doubles/pki/{cn}.key", key)
+        for each in lab.hosts:
+            configure(lab, each.name, api_double=f"{lab.gateway}:6443")
+        yield api
+
+
 def calls(lab: Any, host: str, tool: str | None = None) -> list[dict[str, Any]]:
     """The calls the doubles on `host` recorded, oldest first."""
     text = lab.ssh(host, "cat /var/log/pyctl-test-doubles/calls.jsonl 2>/dev/null || true", timeout=30).stdout
@@ -140,7 +185,9 @@ def calls(lab: Any, host: str, tool: str | None = None) -> list[dict[str, Any]]:
 
 
 def cluster_state(lab: Any, control_plane: str) -> dict[str, Any]:
-    """The fake cluster's whole state (tokens minted, nodes, objects), read on the control plane."""
+    """The plain-HTTP fake cluster's whole state (tokens minted, nodes, objects), read on the control plane (labs
+    whose cluster is the fake cluster: tests/k8s/full_lab.py; with the API double, read the cluster through the
+    API)."""
     text = lab.ssh(
         control_plane,
         "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:6443/state').read().decode())\"",

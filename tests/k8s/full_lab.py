@@ -29,29 +29,31 @@ Kubernetes API double over HTTPS (tests/doubles/fake_apiserver.py), started by `
 bootstrap built: its nodes are the lab's worker hosts (their network namespaces and addresses; GPUs as the
 bootstrap labelled them in the fake cluster), and its admin.conf replaces the fetched one where pyctl reads it.
 
-Closing the seam (one API double for the bootstrap and training; the parts done are tested in process):
-(a) done in process: the API double listens inside a lab's network namespace (`netns=`, `host=`, `port=6443`),
-    with the SANs the hosts use and a CA made beforehand (`ca=`), which the lab is to put on node1 as
-    /etc/kubernetes/pki/ca.crt and ca.key before `kubeadm init` (kubeadm uses a pre-existing CA);
-    tests/k8s/test_kubeadm_rest.py. Not done: serving it for this lab (node1:6443 forwarded to it, pyctl on the
-    controller reaching the fetched admin.conf's server).
+Closing the seam (one API double for the bootstrap and training): done for tests/k8s/test_lab_phases.py's lab
+(a 3-host container lab), not yet for this one:
+(a) done: the API double listens inside a lab's network namespace (`netns=`, `host=`, `port=6443`), with the SANs
+    the hosts use and a CA made beforehand (`ca=`); tests/k8s/test_kubeadm_rest.py in process. install.api_double
+    serves it for a lab before the bootstrap (nodes=[], on the gateway, the CA and the client certificates kubeadm
+    signs put on node1 before `kubeadm init`, `api_double` in every host's settings): test_lab_phases' lab and
+    test_kubeadm_rest_lab's. Not done here: pyctl on the controller reaching the fetched admin.conf's server
+    (node1:6443 lives in the lab's namespace; test_lab_phases needs no controller-side API call).
 (b) done: kubeadm's token, cluster-info, discovery and Node registration over REST (tests/doubles/kubeadm_rest.py),
-    and the kubeadm double's REST mode (settings `api_double`): init, token create/delete and join on a 2-host
-    container lab through node1:6443 forwarded to the double (tests/k8s/test_kubeadm_rest_lab.py, 13 s). Not done:
-    this lab (and test_lab_phases') bootstrap switched to it, which needs (d).
-(c) done in process: the fake cluster's model (flannel, device plugin, RuntimeClass handlers, the claim, the
-    acceptance gate's smoke/GPU/write/read pods) runs in the API double for joined nodes
-    (tests/k8s/test_apiserver_cluster_model.py, the real kubectl applying the golden manifests). Not done: the
-    lab tests' own checks that read the fake cluster's state (install.cluster_state) moved to the API.
-(d) partly: on that 2-host lab, Debian's kubectl 1.36 build (sid's `kubectl` package, the binary scripts/setup --dev
-    puts in the venv, copied to node1) runs the roles' own command lines (apply, label twice, verify's snapshot,
-    get --raw /readyz) through node1:6443 with the admin.conf the kubeadm double wrote. Not done: the lab's
-    repository serving that package under pkgs.k8s.io's name and pinned version in place of the kubectl double's.
-Next: `prepare`/`api_double` here serve the double before the bootstrap (nodes=[], host=lab.gateway, netns=
-lab.namespace, port 6443, ca and client certificates put on node1 as test_kubeadm_rest_lab does, `api_double` in
-every host's settings); the Job pods of joined nodes go to the kubelet stand-in in their host's namespace (today a
-double given NodeSpecs sends standalone pods without nodeName to the stand-in, joined nodes' to the model); the
-lab tests read the cluster through the API instead of install.cluster_state.
+    the kubeadm double's REST mode (tests/k8s/test_kubeadm_rest_lab.py), and test_lab_phases' whole bootstrap
+    (init, joins, an interrupted join repaired, node add, preflight regressions, reset) through it.
+(c) done: the fake cluster's model (flannel, device plugin, RuntimeClass handlers, the claim, the acceptance gate's
+    smoke/GPU/write/read pods) runs in the API double for joined nodes (tests/k8s/test_apiserver_cluster_model.py),
+    and test_lab_phases' checks read the cluster through the API (the real kubectl on node1; the double's audit
+    record and its history of bootstrap-token Secrets) instead of install.cluster_state.
+(d) done: debs.build(settings, kubectl=PATH) packages Debian's kubectl 1.36 (sid's build, the binary scripts/setup
+    --dev puts in the venv) as pkgs.k8s.io's `kubectl` at the pinned version; test_lab_phases' roles install it
+    from the lab's repository and run their kubectl calls (API wait, flannel, label, device plugin, claim, gate)
+    with it over TLS.
+Next, for this lab: `prepare` builds the debs with kubectl=, install.api_double is served before the bootstrap (the
+one double then also trains, so `api_double` below stops making its own and node_specs reads the joined Nodes), the
+Job pods of joined nodes go to the kubelet stand-in in their host's namespace (today a double given NodeSpecs sends
+standalone pods without nodeName to the stand-in, joined nodes' to the model), pyctl on the controller reaches
+node1:6443 (its commands run inside the lab's namespace, or the admin.conf it reads names the gateway), and
+test_full_bootstrap reads the cluster through the API instead of install.cluster_state.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The kubeadm double's REST mode on lab hosts (issue 14, section 5's seam, step b), on a 2-host container lab.
 
 The HTTPS API double listens on the lab's gateway inside the lab's network namespace, with a CA made beforehand that
-the test puts on node1 as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing CA). `kubeadm init` on
+install.api_double puts on node1 as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing CA). `kubeadm init` on
 node1 signs admin.conf with it, forwards node1:6443 to the double and registers node1; `kubeadm token create` writes
 a bootstrap-token Secret; `kubeadm join` on node2 discovers the CA through cluster-info's JWS and the pinned hash and
 registers node2. Then the real kubectl (Debian sid's 1.36 build, the one scripts/setup --dev puts in the venv,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,18 +22,13 @@ import yaml
 
 from tests.conftest import lab_leftovers, require_root, unique_lab_name, wait_for
 from tests.doubles import install, kubeadm_rest
-from tests.doubles.fake_apiserver import ApiServerDouble, client_certificate, in_netns
+from tests.doubles.fake_apiserver import ApiServerDouble, in_netns
 from tests.doubles.fake_cluster import NOT_READY
 
 pytestmark = pytest.mark.lab
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sample"
 TOKEN_SECRET = "bootstrap.kubernetes.io/token"
-
-
-def put(lab, host: str, path: str, data: bytes, mode: str = "600") -> None:
-    remote = f"mkdir -p $(dirname {path}) && cat > {path} && chmod {mode} {path}"
-    subprocess.run(lab.ssh_argv(lab.host(host), remote), input=data, check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +41,8 @@ def lab_api(tmp_path_factory):
     try:
         lab = up(LabSpec(name=name, nodes=2, kind="container")).lab
         install.install(lab)
-        node1 = lab.host("node1")
         folder = tmp_path_factory.mktemp("kubeadm-rest-lab")
-        with ApiServerDouble(
-            folder / "api", nodes=[], host=lab.gateway, port=6443, netns=lab.namespace, sans=(node1.address, "node1")
-        ) as api:
-            put(lab, "node1", "/etc/kubernetes/pki/ca.crt", api.pki["ca.crt"].read_bytes(), "644")
-            put(lab, "node1", "/etc/kubernetes/pki/ca.key", api.pki["ca.key"].read_bytes())
-            for cn, org in (
-                ("kubernetes-admin", "kubeadm:cluster-admins"),
-                ("kubernetes-super-admin", "system:masters"),
-                ("system:node:node1", "system:nodes"),
-            ):  # what kubeadm signs with that CA; the lab image has no openssl (tests/doubles/fake_kubeadm.GIVEN)
-                cert, key = client_certificate(api.pki, cn, org)
-                put(lab, "node1", f"/etc/pyctl-test-doubles/pki/{cn}.crt", cert, "644")
-                put(lab, "node1", f"/etc/pyctl-test-doubles/pki/{cn}.key", key)
-            for host in ("node1", "node2"):
-                install.configure(lab, host, api_double=f"{lab.gateway}:6443")
+        with install.api_double(lab, folder / "api") as api:
             yield lab, api
     finally:
         down(name)
@@ -87,7 +66,7 @@ def init_config(address: str) -> bytes:
 def test_init_token_and_join_go_through_the_api_double_over_tls(lab_api):
     lab, api = lab_api
     node1, node2 = lab.host("node1"), lab.host("node2")
-    put(lab, "node1", "/root/kubeadm.yaml", init_config(node1.address))
+    install.put(lab, "node1", "/root/kubeadm.yaml", init_config(node1.address))
     init = lab.ssh(
         "node1",
         "kubeadm init --config /root/kubeadm.yaml --skip-token-print --ignore-preflight-errors=all",
@@ -122,7 +101,7 @@ def test_init_token_and_join_go_through_the_api_double_over_tls(lab_api):
             "kubeletExtraArgs": [{"name": "node-ip", "value": node2.address}],
         },
     }
-    put(lab, "node2", "/root/join.yaml", yaml.safe_dump(join).encode())
+    install.put(lab, "node2", "/root/join.yaml", yaml.safe_dump(join).encode())
     joined = lab.ssh("node2", "kubeadm join --config /root/join.yaml --ignore-preflight-errors=all", check=False)
     assert joined.returncode == 0 and "joined the cluster" in joined.stdout, joined.stdout + joined.stderr
     worker = api.get("", "nodes", "node2", "")
@@ -144,8 +123,8 @@ def test_the_real_kubectl_on_the_control_plane_applies_flannel_through_the_doubl
         pytest.skip(f"kubectl 1.36 is not at {kubectl}: run scripts/setup --dev")
     if api.get("", "nodes", "node2", "") is None:
         pytest.skip("needs the cluster the previous test built")
-    put(lab, "node1", "/usr/local/bin/kubectl", kubectl.read_bytes(), "755")
-    put(lab, "node1", "/root/flannel.yaml", (GOLDEN / "flannel.yaml").read_bytes())
+    install.put(lab, "node1", "/usr/local/bin/kubectl", kubectl.read_bytes(), "755")
+    install.put(lab, "node1", "/root/flannel.yaml", (GOLDEN / "flannel.yaml").read_bytes())
     admin = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
     assert "Server Version: v1.36" in lab.ssh("node1", f"{admin} version").stdout
     applied = lab.ssh("node1", f"{admin} apply -f /root/flannel.yaml", check=False)

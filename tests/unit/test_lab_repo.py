@@ -75,6 +75,29 @@ def test_a_rebuild_gives_the_same_bytes_and_a_second_build_reuses_the_cache(tmp_
     assert [p.stat().st_mtime_ns for p in debs.build(SimpleNamespace(state_dir=tmp_path / "other"))] == stamp
 
 
+def test_a_real_kubectl_is_packaged_as_pkgs_k8s_ios_kubectl_saying_what_it_is(tmp_path, built):
+    """With kubectl=PATH the kubectl package holds that binary (Debian's real build, in the lab tests), under the
+    pinned version, its description naming the binary's own version; the other packages stay the doubles'."""
+    binary = tmp_path / "kubectl"
+    binary.write_text("#!/bin/sh\necho 'Client Version: v1.36.4'\necho 'Kustomize Version: v5.8.1'\n")
+    binary.chmod(0o755)
+    real = debs.build(SimpleNamespace(state_dir=tmp_path / "state"), kubectl=binary)
+    (kubectl,) = [deb for deb in real if field(deb, "Package") == "kubectl"]
+    assert field(kubectl, "Version") == debs.pinned()["kubectl"]
+    description = field(kubectl, "Description")
+    assert description.startswith("Debian's kubectl 1.36.4 (sid), repackaged") and "TEST DOUBLE" not in description
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["dpkg-deb", "-x", str(kubectl), str(unpacked)], check=True)
+    assert (unpacked / "usr/bin/kubectl").read_bytes() == binary.read_bytes()
+    assert (unpacked / "usr/bin/kubectl").stat().st_mode & 0o777 == 0o755
+    assert kubectl.parent != built[0].parent  # another binary, another content hash
+    doubles = {field(deb, "Package"): deb.name for deb in built if field(deb, "Package") != "kubectl"}
+    assert {field(deb, "Package"): deb.name for deb in real if field(deb, "Package") != "kubectl"} == doubles
+    binary.write_text("#!/bin/sh\necho 'error: not kubectl' >&2\nexit 1\n")
+    with pytest.raises(ValueError, match="does not run as kubectl: error: not kubectl"):
+        debs.build(SimpleNamespace(state_dir=tmp_path / "state"), kubectl=binary)
+
+
 def test_the_repackaged_versions_follow_the_upstream_schemes():
     assert repo.containerd_io_version("2.1.9+ds1-5") == "2.1.9-1"
     assert repo.kubernetes_cni_version("1.9.1+ds1-1") == "1.9.1-1.1"
