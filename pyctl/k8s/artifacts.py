@@ -36,7 +36,7 @@ class Artifact:
         return {k: v for k, v in asdict(self).items() if v and k != "extra"}
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path) -> Any:
     if not path.is_file():
         return {}
     try:
@@ -59,10 +59,17 @@ def _trusted(value: Any) -> Any:
 
 
 def _dependency_defaults(role: Path) -> dict[str, Any]:
-    """The defaults of the roles `role` lists in meta/main.yml (the version table comes in this way)."""
-    merged: dict[str, Any] = {}
+    """The defaults of the roles `role` lists in meta/main.yml or imports in tasks/main.yml (the version table comes
+    in one of these ways)."""
+    names = []
     for dependency in _load(role / "meta" / "main.yml").get("dependencies") or []:
-        name = dependency.get("role") if isinstance(dependency, dict) else dependency
+        names.append(dependency.get("role") if isinstance(dependency, dict) else dependency)
+    for task in _load(role / "tasks" / "main.yml") or []:
+        imported = task.get("ansible.builtin.import_role") or task.get("import_role")
+        if isinstance(imported, dict) and imported.get("name"):
+            names.append(imported["name"])
+    merged: dict[str, Any] = {}
+    for name in names:
         merged.update(_load(role.parent / str(name) / "defaults" / "main.yml"))
     return merged
 
