@@ -21,6 +21,10 @@ from pyctl.inventory import CONTROL_PLANE, NFS_SERVER, WORKERS
 from pyctl.lab import repo
 from pyctl.lab.model import HOST_IFACE, POD_CIDR, SERVICE_CIDR, Lab
 
+# The free space a lab host must have on /var's file system (preflight_min_free_disk_gb; the role's default
+# of 10 is for a real node).
+LAB_MIN_FREE_DISK_GB = 2
+
 
 def content(lab: Lab) -> dict[str, Any]:
     all_vars: dict[str, Any] = {
@@ -35,6 +39,10 @@ def content(lab: Lab) -> dict[str, Any]:
         "nfs_allowed_cidr": lab.subnet,
         "pod_cidr": POD_CIDR,
         "service_cidr": SERVICE_CIDR,
+        # A lab host is not a real node: netns and container hosts share the controller's file system (what
+        # is free there is the machine's, not the host's), VM hosts have an image of image.DISK_SIZE. The
+        # check still runs, against what a lab needs, not the 10 GiB of images a real node keeps.
+        "preflight_min_free_disk_gb": LAB_MIN_FREE_DISK_GB,
     }
     if lab.apt_proxy:
         all_vars["lab_apt_proxy"] = lab.apt_proxy

@@ -14,7 +14,7 @@ import pytest
 from pyctl import inventory
 from pyctl.cli import main
 from pyctl.errors import UsageError
-from pyctl.lab import Lab, LabSpec, prereqs
+from pyctl.lab import Lab, LabSpec, image, prereqs
 from pyctl.lab import inventory as lab_inventory
 from pyctl.lab.errors import MissingTools, NotRoot
 from pyctl.lab.model import POD_CIDR, SERVICE_CIDR, check_name, plan_hosts, subnet_for
@@ -93,6 +93,10 @@ def test_written_inventory_passes_pyctl_check(tmp_path):
     assert node["lab_kind"] == "container"
     assert node["lab_iface"] == "eth0"
     assert node["lab_apt_proxy"] == "http://10.213.7.1:3142"
+    # Lab hosts share the controller's disk (netns, container) or have a small image (vm): the preflight's
+    # space check runs against the lab's own minimum, which a VM image can meet, not a real node's 10 GiB.
+    assert node["preflight_min_free_disk_gb"] == lab_inventory.LAB_MIN_FREE_DISK_GB
+    assert int(image.DISK_SIZE.rstrip("G")) > lab_inventory.LAB_MIN_FREE_DISK_GB
 
 
 @pytest.mark.parametrize(("kind", "source"), [("container", "docker"), ("vm", "distribution")])
