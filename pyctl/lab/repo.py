@@ -21,6 +21,7 @@ by the tests from tests/doubles and added with `publish` (pyctl itself never ser
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -263,40 +265,56 @@ def make_key(lab: Lab) -> str:
     home = _gnupg(lab)
     home.mkdir(mode=0o700, exist_ok=True)
     home.chmod(0o700)
-    env = {"GNUPGHOME": str(home)}
-    listed = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], check=False, env=env)
-    if "fpr:" not in listed.stdout:
-        run(
-            [
-                "gpg",
-                "--batch",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                f"pyctl lab {lab.name} repository signing key <lab-{lab.name}@pyctl.invalid>",
-                "ed25519",
-                "sign",
-                "never",
-            ],
-            what="making the lab repository's signing key",
-            env=env,
-        )
-        listed = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env=env)
-        stop_agent(lab)
+    with gnupg_env(lab) as env:
+        listed = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], check=False, env=env)
+        if "fpr:" not in listed.stdout:
+            run(
+                [
+                    "gpg",
+                    "--batch",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                    "--quick-gen-key",
+                    f"pyctl lab {lab.name} repository signing key <lab-{lab.name}@pyctl.invalid>",
+                    "ed25519",
+                    "sign",
+                    "never",
+                ],
+                what="making the lab repository's signing key",
+                env=env,
+            )
+            listed = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env=env)
     return next(line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:"))
 
 
-def stop_agent(lab: Lab) -> None:
-    """Stop the gpg-agent that signing started for this lab's GNUPGHOME (it would outlive the command)."""
-    run(["gpgconf", "--kill", "gpg-agent"], check=False, env={"GNUPGHOME": str(_gnupg(lab))})
+@contextlib.contextmanager
+def gnupg_env(lab: Lab) -> Iterator[dict[str, str]]:
+    """The environment gpg runs in for this lab: GNUPGHOME is the lab's key directory reached through a short
+    path (a symbolic link in a private temporary directory), and the gpg-agent signing starts is stopped at the
+    end (it would outlive the command).
+
+    Where /run/user/<uid> is absent (root, CI, cron) gpg-agent's sockets live in GNUPGHOME itself, and a Unix
+    socket's path is limited to 107 bytes: from a deep lab directory (a long $HOME or state directory) gpg
+    fails with "No agent running". The link keeps the socket path short wherever the lab lives.
+    """
+    short = Path(tempfile.mkdtemp(prefix="pyctl-gpg-"))  # 0700, owned by us
+    link = short / "h"
+    link.symlink_to(_gnupg(lab))
+    env = {"GNUPGHOME": str(link)}
+    try:
+        yield env
+    finally:
+        run(["gpgconf", "--kill", "gpg-agent"], check=False, env=env)
+        shutil.rmtree(short, ignore_errors=True)
 
 
-def _gpg(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return run(
-        ["gpg", "--batch", "--yes", *args], what="signing the lab repository", env={"GNUPGHOME": str(_gnupg(lab))}
-    )
+def _gpg(lab: Lab, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    if env is None:
+        with gnupg_env(lab) as own:
+            return _gpg(lab, *args, env=own)
+    return run(["gpg", "--batch", "--yes", *args], what="signing the lab repository", env=env)
 
 
 def write_repositories(lab: Lab, debs: list[Path]) -> None:
@@ -334,7 +352,6 @@ def write_repositories(lab: Lab, debs: list[Path]) -> None:
         index.write_text(packages, encoding="utf-8")
         _release(lab, dist, ["stable/binary-amd64/Packages"], suite=codename, components="stable", origin="Docker")
     (debian / "gpg").write_text(public, encoding="utf-8")
-    stop_agent(lab)
 
 
 def _scan(directory: Path, subdir: str) -> str:

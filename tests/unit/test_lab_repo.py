@@ -129,7 +129,16 @@ def _apt_update(tmp_path: Path, sources: str) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.skipif(not shutil.which("apt-get"), reason="needs apt")
-def test_apt_reads_the_signed_repositories_and_refuses_them_under_another_key(tmp_path, built):
+def test_apt_reads_the_signed_repositories_and_refuses_them_under_another_key(tmp_path, built, monkeypatch):
+    aliases: list[str] = []  # the short GNUPGHOME links gpg ran through (repo.gnupg_env)
+    real_mkdtemp = repo.tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made = real_mkdtemp(*args, **kwargs)
+        aliases.append(made)
+        return made
+
+    monkeypatch.setattr(repo.tempfile, "mkdtemp", recording_mkdtemp)
     lab = SimpleNamespace(name="unit", dir=tmp_path / "lab")
     lab.dir.mkdir(mode=0o700)
     fingerprint = repo.make_key(lab)
@@ -171,7 +180,25 @@ def test_apt_reads_the_signed_repositories_and_refuses_them_under_another_key(tm
     assert "Invalid 'Date'" not in good.stderr
     # signing leaves no gpg-agent behind for either key's GNUPGHOME
     agents = subprocess.run(["pgrep", "-af", "gpg-agent"], capture_output=True, text=True).stdout
-    assert str(tmp_path) not in agents, agents
+    assert aliases and str(tmp_path) not in agents, agents
+    assert not [alias for alias in aliases if alias in agents], agents
+    assert not [alias for alias in aliases if Path(alias).exists()]  # the links are gone too
+
+
+@pytest.mark.skipif(not shutil.which("gpg"), reason="needs gpg")
+def test_a_lab_in_a_deep_directory_still_gets_its_key_and_signs(tmp_path):
+    # gpg-agent's socket lives in GNUPGHOME where /run/user/<uid> is absent (root, CI), and a Unix socket path
+    # holds 107 bytes: from this directory gpg alone fails with "No agent running".
+    deep = tmp_path / ("d" * 60) / "state" / "pyctl" / "labs" / "a-lab-with-a-long-name"
+    deep.mkdir(parents=True, mode=0o700)
+    lab = SimpleNamespace(name="deep", dir=deep)
+    assert len(str(deep / "repo-gnupg" / "S.gpg-agent.browser")) > 107
+    fingerprint = repo.make_key(lab)
+    assert len(fingerprint) == 40
+    release = tmp_path / "Release"
+    release.write_text("Origin: test\n")
+    repo._gpg(lab, "--clearsign", "-o", str(tmp_path / "InRelease"), str(release))
+    assert (tmp_path / "InRelease").read_text().startswith("-----BEGIN PGP SIGNED MESSAGE-----")
 
 
 def test_the_hosts_apt_reaches_the_labs_repositories_directly_and_the_rest_through_the_proxy(tmp_path):
