@@ -12,6 +12,13 @@ The image is rebuilt only when the recipe changes; the .debs stay in `cache/debs
 --cache-dir), so a rebuild downloads nothing new. The mirror is read from this machine's apt sources.
 Nothing lab-specific is in the image: the SSH key, host keys, /etc/hosts and the apt proxy arrive per host
 at boot through a seed (see `seed_files` and pyctl-lab-seed below).
+
+One lab-only adaptation: the image never regenerates its own initramfs after it is built
+(`update_initramfs=no` in /etc/initramfs-tools/update-initramfs.conf). VMs boot the kernel and initrd
+exported at build time (QEMU -kernel/-initrd), never the ones in the guest's /boot, so the `update-initramfs -u`
+that initramfs-tools' dpkg trigger runs after installing packages such as nfs-kernel-server or nfs-common
+(about a minute per role under TCG) only wrote a file nothing reads. A kernel package's own hook
+(`update-initramfs -c`) still runs. A real node keeps Debian's default: no role relies on, or changes, this.
 """
 
 from __future__ import annotations
@@ -108,6 +115,16 @@ _BLACKLIST = "".join(
         "intel_rapl_msr", "intel_rapl_common", "sha1_ssse3", "sha256_ssse3", "sha512_ssse3",
     )
 )  # fmt: skip
+
+# Written after the build's own `update-initramfs -u` (which this setting would skip): from then on, dpkg's
+# initramfs-tools trigger (`update-initramfs -u`) is a no-op in the guest. See the module docstring.
+UPDATE_INITRAMFS_CONF = "/etc/initramfs-tools/update-initramfs.conf"
+_UPDATE_INITRAMFS = """\
+# pyctl lab: VMs boot the initrd exported when the image was built (QEMU -initrd), never /boot's, so
+# package installs do not regenerate it (a real node keeps update_initramfs=yes).
+update_initramfs=no
+backup_initramfs=no
+"""
 
 _INITRAMFS_MODULES = """\
 virtio_pci
@@ -290,6 +307,7 @@ def recipe(os_name: str = DEFAULT_OS) -> dict:
             "/etc/systemd/system/pyctl-lab-seed.service": _SEED_UNIT,
             "/etc/initramfs-tools/conf.d/pyctl-lab.conf": _INITRAMFS,
             "/etc/initramfs-tools/modules": _INITRAMFS_MODULES,
+            UPDATE_INITRAMFS_CONF: _UPDATE_INITRAMFS,
             "/etc/modprobe.d/pyctl-lab-blacklist.conf": _BLACKLIST,
         },
     }
@@ -435,7 +453,8 @@ def _customise(rootfs: Path, files: dict[str, str], hint: str) -> None:
     run([*chroot, "apt-get", "-q", "update"], what="apt-get update in the lab image", timeout=900, hint=hint)
     run([*chroot, "apt-get", "clean"], hint=hint)
     for path, text in files.items():
-        _write(rootfs, path, text)
+        if path != UPDATE_INITRAMFS_CONF:
+            _write(rootfs, path, text)
     run([*chroot, "systemctl", "enable", "systemd-networkd.service", "pyctl-lab-seed.service"], hint=hint)
     # Timers that would take the dpkg lock in the middle of a role run and hit the proxy for nothing, and
     # e2scrub_reap, which costs 15 s of a TCG boot to find no snapshots.
@@ -447,6 +466,7 @@ def _customise(rootfs: Path, files: dict[str, str], hint: str) -> None:
     masked += ["user@.service", "getty@tty1.service"]
     run([*chroot, "systemctl", "mask", *masked], hint=hint)
     run([*chroot, "update-initramfs", "-u", "-k", "all"], what="update-initramfs in the lab image", hint=hint)
+    _write(rootfs, UPDATE_INITRAMFS_CONF, files[UPDATE_INITRAMFS_CONF])
 
 
 def _write(rootfs: Path, path: str, text: str) -> None:

@@ -56,7 +56,8 @@ def test_a_failing_and_an_unreachable_host_are_named_with_hints(lab, tmp_path):
 
     def change(data):
         data["all"]["hosts"]["node2"]["preflight_min_memory_mb_worker"] = 10**9
-        data["all"]["hosts"]["ghost"] = {"ansible_host": f"{subnet}.250"}
+        # No host answers there: ssh waits out its ConnectTimeout (ansible.cfg's 30 s); the ghost alone gets 5 s.
+        data["all"]["hosts"]["ghost"] = {"ansible_host": f"{subnet}.250", "ansible_ssh_timeout": 5}
         data["all"]["children"]["workers"]["hosts"]["ghost"] = None
 
     inventory = variant(hosts, tmp_path, change)

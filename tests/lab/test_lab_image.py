@@ -71,3 +71,33 @@ def test_a_labs_os_is_recorded_and_part_of_its_shape(tmp_path):
     assert loaded.same_shape(spec)
     # debian-12 asked of a debian-13 lab: a clash, never a silent reuse
     assert not loaded.same_shape(LabSpec(name="t13", nodes=2, kind="container"))
+
+
+@pytest.mark.parametrize("os_name", ["debian-12", "debian-13"])
+def test_the_image_does_not_regenerate_its_initramfs_on_package_installs(monkeypatch, os_name):
+    # VMs boot the initrd exported at build time: dpkg's initramfs-tools trigger (`update-initramfs -u`) would
+    # only rebuild /boot's copy, a minute per NFS role under TCG. update-initramfs(8) skips -u when this says no.
+    monkeypatch.setattr(image, "host_sources", lambda: HOST)
+    conf = image.recipe(os_name)["files"]["/etc/initramfs-tools/update-initramfs.conf"]
+    assert "update_initramfs=no" in conf.splitlines()
+
+
+def test_the_build_makes_its_own_initrd_before_turning_updates_off(monkeypatch, tmp_path):
+    # The setting is written after the build's `update-initramfs -u`, which it would otherwise turn into a no-op
+    # (leaving the initrd debootstrap made, without the lab's virtio modules list).
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc/ssh").mkdir(parents=True)
+    conf = rootfs / "etc/initramfs-tools/update-initramfs.conf"
+    seen = []
+
+    def fake_run(argv, **_):
+        if "update-initramfs" in argv:
+            seen.append((argv, conf.read_text() if conf.exists() else ""))
+
+    monkeypatch.setattr(image, "run", fake_run)
+    monkeypatch.setattr(image, "host_sources", lambda: HOST)
+    image._customise(rootfs, image.recipe()["files"], hint="")
+    assert len(seen) == 1 and "update_initramfs=no" not in seen[0][1], seen
+    assert seen[0][0][-4:] == ["update-initramfs", "-u", "-k", "all"]
+    assert "update_initramfs=no" in conf.read_text().splitlines()
+    assert (rootfs / "etc/initramfs-tools/modules").read_text().startswith("virtio_pci\n")
