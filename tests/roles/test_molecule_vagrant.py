@@ -20,6 +20,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,29 +156,11 @@ def test_node_prep_vagrant_scenario_converges_idempotently_on_a_libvirt_vm(libvi
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
     )
-    result = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            libvirt_in_netns.netns,
-            "molecule",
-            "test",
-            "-s",
-            "vagrant",
-            "--platform-name",
-            "node1",
-        ],
-        cwd=ROOT / "roles" / "node_prep",
-        env=env,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=3600,
-        check=False,
+    command = ["ip", "netns", "exec", libvirt_in_netns.netns, "molecule", "test", "-s", "vagrant"]
+    returncode, output, steps = _run_timing_steps(
+        [*command, "--platform-name", "node1"], ROOT / "roles" / "node_prep", env
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-20000:]
+    assert returncode == 0, output[-20000:]
     for action in ("create", "converge", "idempotence", "verify", "destroy"):
         assert re.search(rf"\[vagrant > {action}\] Executed: Successful", output), output[-5000:]
     recaps = [line for line in output.splitlines() if re.match(r"^node1\s+: ok=", line)]
@@ -194,5 +177,32 @@ def test_node_prep_vagrant_scenario_converges_idempotently_on_a_libvirt_vm(libvi
         f" {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.0f} CPU-s in Molecule and Ansible"
         " (not QEMU's: libvirtd daemonizes it, so its CPU time is not counted here)",
         *recaps,
+        "the steps (s): " + ", ".join(f"{step} {seconds:.0f}" for step, seconds in steps),
         sep="\n  ",
+    )
+
+
+def _run_timing_steps(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, list[tuple[str, float]]]:
+    """Run `molecule test`, its output read as it comes, and time each of its steps from Molecule's
+    `[scenario > step] Executing` lines (printed at the end: where a CI run's minutes go)."""
+    lines: list[str] = []
+    steps: list[tuple[str, float]] = []
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    ) as proc:
+        watchdog = threading.Timer(3600, proc.kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                started = re.search(r"\[vagrant > (\w+)\] Executing", line)
+                if started:
+                    steps.append((started[1], time.monotonic()))
+        finally:
+            watchdog.cancel()
+    ends = [start for _, start in steps[1:]] + [time.monotonic()]
+    return (
+        proc.returncode,
+        "".join(lines),
+        [(step, end - start) for (step, start), end in zip(steps, ends, strict=False)],
     )
