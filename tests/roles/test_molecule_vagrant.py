@@ -94,7 +94,8 @@ def libvirt_in_netns(tmp_path) -> Iterator[Libvirt]:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         with log.open("w") as out:
             for daemon in ("virtlogd", "libvirtd"):  # foreground: `ip netns exec` becomes the daemon
-                daemons.append(subprocess.Popen(["ip", "netns", "exec", netns, daemon], stdout=out, stderr=out))
+                command = [daemon] if daemon == "virtlogd" else _without_kvm("libvirtd", tmp_path)
+                daemons.append(subprocess.Popen(["ip", "netns", "exec", netns, *command], stdout=out, stderr=out))
         _wait_for("libvirtd answering", lambda: _virsh("version").returncode == 0 or daemons[1].poll() is not None, 60)
         assert daemons[1].poll() is None, log.read_text()
         yield Libvirt(netns, vagrant_home, f"molecule-{name}", log)
@@ -113,6 +114,23 @@ def libvirt_in_netns(tmp_path) -> Iterator[Libvirt]:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         print(f"\nlibvirtd, vagrant, Molecule, Ansible (and the box, if made): {cpu:.0f} CPU-s; not QEMU's")
+
+
+def _without_kvm(daemon: str, scratch: Path) -> list[str]:
+    """`daemon` in a mount namespace where /dev/kvm is an empty file no one may open, and libvirt's qemu.conf
+    with `namespaces = []` (else libvirt moves that mount into each domain's own /dev, which fails here). The
+    domains run under TCG anyway; but here /dev/kvm is one that QEMU opens and libvirt's access check for its
+    QEMU user refuses, so libvirt found its cached QEMU capabilities stale ("KVM was enabled when probing ...,
+    but it is not available now") at every look-up and probed QEMU again, twice, 2 s a time: 44 s for each
+    domain definition, of which vagrant-libvirt makes two."""
+    if not Path("/dev/kvm").exists():
+        return [daemon]
+    mask = scratch / "no-kvm"
+    mask.touch(mode=0o000)
+    conf = scratch / "qemu.conf"
+    conf.write_text(Path("/etc/libvirt/qemu.conf").read_text() + "\nnamespaces = []\n")
+    script = 'mount --bind "$0" /dev/kvm && mount --bind "$1" /etc/libvirt/qemu.conf && exec "$2"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(mask), str(conf), daemon]
 
 
 def _clean_libvirt(prefix: str) -> None:
