@@ -12,12 +12,15 @@ image's kernel and initrd and its Vagrantfile boots them the same way (`libvirt.
 
 The guest: the lab image plus a `vagrant` user with passwordless sudo whose authorized key is one made for
 this box alone (its private half travels in the box and the Vagrantfile points Vagrant at it; it is never
-committed anywhere), SSH host keys made on first boot, and the lab's per-host seed switched off.
+committed anywhere), SSH host keys made on first boot, and the lab's per-host seed switched off. A box has one
+disk, not the lab's second one for swap: its swap is a file made on first boot (/swapfile, active, in fstab, as
+on a stock install; node_prep turns it off). Left to wait for the lab's /dev/vdb, systemd held the boot 90 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tarfile
@@ -28,10 +31,14 @@ from pathlib import Path
 from pyctl.config import Settings, load_settings
 from pyctl.errors import PyctlError, UsageError
 from pyctl.lab import image
+from pyctl.lab.errors import LabSetupFailed
 from pyctl.lab.locks import locked
 from pyctl.lab.processes import run
 
 USER = "vagrant"
+BOX_VERSION = 2  # bump when the box's build steps change in a way the texts below do not show
+SWAP_FILE = "/swapfile"
+SWAP_SIZE = "128M"
 # What the lab boots (pyctl/lab/vm.py) plus the console on the serial port only.
 CMD_LINE = (
     "root=/dev/vda rw console=ttyS0 quiet mitigations=off net.ifnames=0 fsck.mode=skip cryptomgr.notests "
@@ -50,6 +57,25 @@ ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_k
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+_SWAP_UNIT = f"""\
+[Unit]
+Description=pyctl Vagrant box: the swap file made on first boot
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Before=swap.target swapfile.swap
+ConditionPathExists=!{SWAP_FILE}
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/fallocate -l {SWAP_SIZE} {SWAP_FILE}.new
+ExecStart=/bin/chmod 600 {SWAP_FILE}.new
+ExecStart=/sbin/mkswap -q {SWAP_FILE}.new
+ExecStart=/bin/mv {SWAP_FILE}.new {SWAP_FILE}
+
+[Install]
+WantedBy=swap.target
 """
 
 _VAGRANTFILE = f"""\
@@ -73,12 +99,18 @@ end
 """
 
 
+def box_hash() -> str:
+    """What the box adds to the image, hashed: part of the cached box's name, so a change rebuilds it."""
+    parts = (str(BOX_VERSION), USER, CMD_LINE, SWAP_FILE, SWAP_SIZE, _HOST_KEYS_UNIT, _SWAP_UNIT, _VAGRANTFILE)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
 def ensure(settings: Settings, progress: Callable[[str], None] = print, os_name: str = image.DEFAULT_OS) -> Path:
     """The box of the current lab image of `os_name`, made once and kept in the image cache (the older boxes
     of that system are removed when a newer image makes a new one)."""
     built = image.ensure(settings, progress, os_name)
     boxes = settings.state_dir / "cache" / "vagrant"
-    box = boxes / f"{os_name}-{built.hash}.box"
+    box = boxes / f"{os_name}-{built.hash}-{box_hash()}.box"
     boxes.mkdir(parents=True, exist_ok=True)
     with locked(boxes / ".lock"):  # one build at a time; the others wait and reuse it
         if not box.is_file():
@@ -143,6 +175,21 @@ def _add_vagrant_user(rootfs: Path, key: Path) -> None:
     unit = rootfs / "etc/systemd/system/pyctl-vagrant-host-keys.service"
     unit.write_text(_HOST_KEYS_UNIT)
     run([*chroot, "systemctl", "enable", unit.name])
+    _swap_file_instead_of_disk(rootfs)
+
+
+def _swap_file_instead_of_disk(rootfs: Path) -> None:
+    fstab = rootfs / "etc/fstab"
+    lines = fstab.read_text().splitlines()
+    swap = [line for line in lines if line.split()[2:3] == ["swap"] and not line.startswith("#")]
+    if swap != ["/dev/vdb  none  swap  sw,nofail  0 0"]:
+        raise LabSetupFailed(f"the lab image's fstab swap lines are {swap}", hint="update pyctl/lab/vagrant_box.py")
+    kept = [line for line in lines if line not in swap and not line.startswith("#")]
+    header = "# pyctl Vagrant box: root on the virtio disk, swap in a file made on first boot."
+    fstab.write_text("\n".join([header, *kept, f"{SWAP_FILE}  none  swap  sw,nofail  0 0"]) + "\n")
+    unit = rootfs / "etc/systemd/system/pyctl-vagrant-swap-file.service"
+    unit.write_text(_SWAP_UNIT)
+    run(["chroot", str(rootfs), "systemctl", "enable", unit.name])
 
 
 def main(argv: list[str] | None = None) -> int:

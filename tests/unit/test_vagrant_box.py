@@ -26,3 +26,41 @@ def test_the_box_boots_its_own_kernel_as_its_vagrant_user_with_its_own_key():
     # root on the virtio disk, eth0 for the image's networkd DHCP unit, the serial console
     for arg in ("root=/dev/vda", "net.ifnames=0", "console=ttyS0"):
         assert arg in vagrant_box.CMD_LINE.split()
+
+
+def _rootfs_with_the_lab_fstab(tmp_path):
+    from pyctl.lab import image
+
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / "etc/fstab").write_text(image._FSTAB)
+    return tmp_path
+
+
+def test_the_box_swaps_to_a_file_made_on_first_boot_not_to_the_lab_s_second_disk(tmp_path, monkeypatch):
+    # A box has one disk: the lab's /dev/vdb swap line held the boot 90 s waiting for dev-vdb.device.
+    rootfs = _rootfs_with_the_lab_fstab(tmp_path)
+    ran = []
+    monkeypatch.setattr(vagrant_box, "run", lambda argv, **kwargs: ran.append(argv))
+    vagrant_box._swap_file_instead_of_disk(rootfs)
+    fstab = (rootfs / "etc/fstab").read_text().splitlines()
+    assert "/dev/vdb" not in "\n".join(fstab)
+    assert [line.split() for line in fstab if " swap " in line and not line.startswith("#")] == [
+        ["/swapfile", "none", "swap", "sw,nofail", "0", "0"]
+    ]
+    assert any(line.split()[:2] == ["/dev/vda", "/"] for line in fstab)  # the root line stays
+    unit = (rootfs / "etc/systemd/system/pyctl-vagrant-swap-file.service").read_text()
+    assert "Before=swap.target swapfile.swap" in unit and "ConditionPathExists=!/swapfile" in unit
+    assert "mkswap" in unit and "WantedBy=swap.target" in unit
+    assert ran == [["chroot", str(rootfs), "systemctl", "enable", "pyctl-vagrant-swap-file.service"]]
+
+
+def test_an_image_fstab_the_box_does_not_know_stops_the_build(tmp_path, monkeypatch):
+    import pytest
+
+    from pyctl.lab.errors import LabSetupFailed
+
+    rootfs = _rootfs_with_the_lab_fstab(tmp_path)
+    (rootfs / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n/dev/vdc none swap sw 0 0\n")
+    monkeypatch.setattr(vagrant_box, "run", lambda argv, **kwargs: None)
+    with pytest.raises(LabSetupFailed, match="fstab swap lines"):
+        vagrant_box._swap_file_instead_of_disk(rootfs)
