@@ -139,10 +139,12 @@ _ONLY_IN_VMS = """\
 ConditionVirtualization=vm
 """
 
-_FSTAB = """\
+# The swap line of the image's fstab (pyctl.lab.vagrant_box replaces it: a box has no second disk).
+SWAP_LINE = "/dev/vdb  none  swap  sw,nofail  0 0"
+_FSTAB = f"""\
 # pyctl lab VMs: root on the first virtio disk, swap on the second.
 /dev/vda  /     ext4  rw,errors=remount-ro  0 1
-/dev/vdb  none  swap  sw,nofail  0 0
+{SWAP_LINE}
 """
 
 _SEED_SCRIPT = f"""\

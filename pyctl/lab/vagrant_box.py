@@ -182,7 +182,7 @@ def _swap_file_instead_of_disk(rootfs: Path) -> None:
     fstab = rootfs / "etc/fstab"
     lines = fstab.read_text().splitlines()
     swap = [line for line in lines if line.split()[2:3] == ["swap"] and not line.startswith("#")]
-    if swap != ["/dev/vdb  none  swap  sw,nofail  0 0"]:
+    if swap != [image.SWAP_LINE]:
         raise LabSetupFailed(f"the lab image's fstab swap lines are {swap}", hint="update pyctl/lab/vagrant_box.py")
     kept = [line for line in lines if line not in swap and not line.startswith("#")]
     header = "# pyctl Vagrant box: root on the virtio disk, swap in a file made on first boot."
