@@ -1,7 +1,7 @@
 """Test infrastructure for the DistDGL payload (not product code).
 
 - ``distdgl_python``: the pinned interpreter (PYCTL_DISTDGL_PYTHON, default <repo>/.venv-distdgl);
-  tests that need it skip with the reason when it is absent.
+  tests that need it skip with the reason when it is absent (fail under CI, or when it lacks torch or dgl).
 - ``NetnsMachines``: N fake "machines" for a multi-machine DistDGL run on one host. Each machine is a
   network namespace with one veth into a bridge (in its own namespace), an address in 10.231.0.0/24
   that exists only inside these namespaces, and, per process started, its own mount + IPC + UTS
@@ -47,16 +47,31 @@ def distdgl_interpreter() -> Path | None:
     return path if path.exists() else None
 
 
-@pytest.fixture(scope="session")
-def distdgl_python() -> Path:
+MISSING_DISTDGL = (
+    "the DistDGL environment is missing: run scripts/setup --dev (or python3 -m venv .venv-distdgl && "
+    ".venv-distdgl/bin/pip install -r payloads/distdgl/requirements.txt), or point PYCTL_DISTDGL_PYTHON at its python"
+)
+
+
+def require_distdgl_python() -> Path:
+    """The DistDGL interpreter, checked once: skip when it is absent (fail where CI is set: CI must run these
+    tests), and fail with one line when it is there without torch or dgl (a half-made environment)."""
     path = distdgl_interpreter()
     if path is None:
-        pytest.skip(
-            "DistDGL environment missing: create it with `python3 -m venv .venv-distdgl && "
-            ".venv-distdgl/bin/pip install -r payloads/distdgl/requirements.txt` "
-            "or point PYCTL_DISTDGL_PYTHON at its python"
-        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{MISSING_DISTDGL} (CI must not skip the DistDGL tests)")
+        pytest.skip(MISSING_DISTDGL)
+    probe = "import importlib.metadata as m; print(m.version('torch'), m.version('dgl'))"
+    result = subprocess.run([str(path), "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        pytest.fail(f"the DistDGL environment {path} lacks torch or dgl ({last}): run scripts/setup --dev again")
     return path
+
+
+@pytest.fixture(scope="session")
+def distdgl_python() -> Path:
+    return require_distdgl_python()
 
 
 def require_namespaces() -> None:

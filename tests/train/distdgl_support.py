@@ -27,7 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "payloads"))  # distdgl_fixtures, as tests/payloads import it
 
-from distdgl_fixtures import distdgl_interpreter  # noqa: E402
+from distdgl_fixtures import require_distdgl_python  # noqa: E402
 
 from tests.conftest import require_root  # noqa: E402
 from tests.train.conftest import Run, pyctl  # noqa: E402
@@ -121,12 +121,7 @@ def job_processes(namespaces: list[str]) -> list[str]:
 def distdgl_lab(tmp_path_factory) -> Iterator[DistDglLab]:
     """A 2-host netns lab (own address, sshd, /dev/shm per host), a pyctl state dir and a shared folder."""
     require_root()
-    python = distdgl_interpreter()
-    if python is None:
-        pytest.skip(
-            "the DistDGL environment is missing: python3 -m venv .venv-distdgl && .venv-distdgl/bin/pip install "
-            "-r payloads/distdgl/requirements.txt (or point PYCTL_DISTDGL_PYTHON at its python)"
-        )
+    python = require_distdgl_python()
     from pyctl.config import load_settings
     from pyctl.lab import LabSpec, down, up
     from tests.conftest import unique_lab_name
