@@ -20,6 +20,30 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+# --- the lab pass in two processes ------------------------------------------------------------------
+# scripts/test runs the lab tests with `pytest -n 2 --dist loadgroup`: each process takes one group whole, in
+# collection order. "vm" holds the tests whose time goes mostly to one QEMU VM under TCG (one core, while
+# their controller waits): the whole-bootstrap module and the roles' Molecule and container-host tests (they
+# share tests/roles' session labs). "hosts" holds the rest (netns and container hosts, the controller's
+# Ansible, the payloads), which keep the other core busy. A session lab is only shared inside one group.
+VM_GROUP_PATHS = (
+    "tests/k8s/test_full_bootstrap.py",
+    "tests/roles/test_molecule.py",
+    "tests/roles/test_container_hosts.py",
+)
+
+
+def lab_group(nodeid: str) -> str:
+    return "vm" if nodeid.split("::", 1)[0] in VM_GROUP_PATHS else "hosts"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the marks under --dist loadgroup
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("lab") or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(lab_group(item.nodeid)))
+
+
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     """A private pyctl state dir (runs, labs) for one test."""
