@@ -159,10 +159,12 @@ def api_double(lab: Any, folder: Path, control_plane: str = "node1", **options: 
     bootstrap: served on the gateway inside the lab's namespace on port 6443 with the control plane's address and
     name as SANs; its CA on `control_plane` as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing
     CA), with the client certificates kubeadm would sign with it (the lab image has no openssl: fake_kubeadm.GIVEN);
-    `api_double` in every host's settings. `options` go to the double (e.g. history=)."""
+    `api_double` in every host's settings. The pods of Jobs scheduled on a joined node run in its host's network
+    namespace (container and netns hosts; a VM's has none here). `options` go to the double (e.g. history=)."""
     from tests.doubles.fake_apiserver import ApiServerDouble, client_certificate
 
     host = lab.host(control_plane)
+    options.setdefault("namespaces", {h.name: h.namespace for h in lab.hosts if h.namespace})
     with ApiServerDouble(
         folder, nodes=[], host=lab.gateway, port=6443, netns=lab.namespace, sans=(host.address, host.name), **options
     ) as api:
