@@ -184,15 +184,3 @@ def calls(lab: Any, host: str, tool: str | None = None) -> list[dict[str, Any]]:
     text = lab.ssh(host, "cat /var/log/pyctl-test-doubles/calls.jsonl 2>/dev/null || true", timeout=30).stdout
     entries = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [e for e in entries if tool is None or e["tool"] == tool]
-
-
-def cluster_state(lab: Any, control_plane: str) -> dict[str, Any]:
-    """The plain-HTTP fake cluster's whole state (tokens minted, nodes, objects), read on the control plane (labs
-    whose cluster is the fake cluster: tests/k8s/full_lab.py; with the API double, read the cluster through the
-    API)."""
-    text = lab.ssh(
-        control_plane,
-        "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:6443/state').read().decode())\"",
-        timeout=30,
-    ).stdout
-    return json.loads(text)
