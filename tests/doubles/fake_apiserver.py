@@ -55,7 +55,9 @@ Controllers, modelled on what pyctl relies on:
   `<job>-<i>-<suffix>` with host name `<job>-<i>`, the job-name, controller-uid and completion-index
   labels and annotation; the pods run through the kubelet stand-in (kubelet_standin.py: processes per
   completion index in the lab hosts' network namespaces, pod i on node i), so their phases, container
-  states and logs are the processes' own; the Job's status (active/succeeded/failed, conditions
+  states and logs are the processes' own. The nodes are the NodeSpecs given or, in a cluster nodes join
+  (nodes=[]), the scheduler's feasible joined Nodes by name (Ready, taints tolerated, enough allocatable
+  nvidia.com/gpu), each run in the network namespace `namespaces=` names for it (its lab host's); the Job's status (active/succeeded/failed, conditions
   SuccessCriteriaMet+Complete or FailureTarget+Failed with reason PodFailurePolicy) follows, and the
   pods the controller stops when the job ends are deleted, as the real one does;
 - the scheduler and kubelet's refusals, staged by the double's configuration: a claim that does not
@@ -77,7 +79,8 @@ Controllers, modelled on what pyctl relies on:
   jobset.sigs.k8s.io/jobset-name; its Complete/Failed conditions follow the Job's (no JobSet object).
   Kueue manages TrainJobs the same way (its trainer.kubeflow.org/trainjob integration: one pod set).
 Use: `with ApiServerDouble(tmp, nodes=[NodeSpec(name, netns=..., address=...)], images={...},
-claims={...}) as api:` then `api.write_kubeconfig(state_dir / "clusters" / NAME / "admin.conf")`.
+claims={...}) as api:` then `api.write_kubeconfig(state_dir / "clusters" / NAME / "admin.conf")`; for a cluster
+whose nodes join through kubeadm, `nodes=[]` and `namespaces={node name: its host's network namespace}`.
 Where a lab's hosts must reach it: `host=` an address inside a lab's network namespace, `netns=` that namespace
 (the listening socket is bound there), `port=6443`, `sans=` the names the hosts use (the control plane's address
 and controlPlaneEndpoint), and `ca=(ca.crt, ca.key)` to serve with a CA made beforehand, the way kubeadm uses a
@@ -674,6 +677,7 @@ class Image:
 @dataclass
 class _JobRun:
     job_key: tuple[str, str, str, str]
+    nodes: list[NodeSpec] = field(default_factory=list)  # where its pods go: completion index i on nodes[i]
     standin: KubeletStandin | None = None
     thread: threading.Thread | None = None
     pods: dict[int, str] = field(default_factory=dict)  # completion index -> pod name
@@ -713,6 +717,7 @@ class ApiServerDouble:
         folder: Path,
         *,
         nodes: list[NodeSpec] | None = None,
+        namespaces: dict[str, str] | None = None,
         images: dict[str, Image] | None = None,
         unpullable: tuple[str, ...] = (),
         claims: dict[str, Path] | None = None,
@@ -730,6 +735,7 @@ class ApiServerDouble:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.nodes = nodes if nodes is not None else [NodeSpec("node1")]  # [] for a cluster nodes join
+        self.namespaces = dict(namespaces or {})  # joined node -> its host's network namespace (its pods run there)
         self.images = dict(images or {})
         self.unpullable = set(unpullable)
         self.claim_folders = dict(claims or {})  # claim name (namespace default) -> host folder; Bound
@@ -1674,6 +1680,7 @@ class ApiServerDouble:
         meta, spec = job["metadata"], job["spec"]
         assert spec.get("completionMode") == "Indexed", "the double runs Indexed Jobs only"
         run = _JobRun(job_key=("batch", "jobs", meta["namespace"], meta["name"]))
+        run.nodes = self._placement(spec["template"]["spec"])
         self.runs[meta["uid"]] = run
         completions = int(spec["completions"])
         template = spec["template"]
@@ -1728,6 +1735,7 @@ class ApiServerDouble:
         pod, on the first node, through the kubelet stand-in as a one-index job."""
         meta = pod["metadata"]
         run = _JobRun(job_key=("", "pods", meta["namespace"], meta["name"]), standalone=True)
+        run.nodes = self._placement(pod["spec"])
         run.pods[0] = meta["name"]
         self.runs[meta["uid"]] = run
         job = {
@@ -1744,13 +1752,38 @@ class ApiServerDouble:
     def _pod(self, run: _JobRun, index: int) -> dict[str, Any] | None:
         return self.objects.get(("", "pods", run.job_key[2], run.pods.get(index, "")))
 
+    def _placement(self, spec: dict[str, Any]) -> list[NodeSpec]:
+        """The nodes a pod of `spec` goes to, completion index i to the i-th: the NodeSpecs given; in a cluster nodes
+        joined (nodes=[]), the scheduler's feasible nodes by name: the Nodes that are Ready, whose NoSchedule and
+        NoExecute taints the pod tolerates and whose allocatable nvidia.com/gpu covers its limit, each run in the
+        network namespace `namespaces` names for it (its host's, on this machine)."""
+        if self.nodes:
+            return self.nodes
+        wanted = int(((spec["containers"][0].get("resources") or {}).get("limits") or {}).get(GPU, 0))
+        placed = []
+        for (group, plural, _, name), node in sorted(self.objects.items()):
+            if (group, plural) != ("", "nodes"):
+                continue
+            status = node.get("status") or {}
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+            taints = (node.get("spec") or {}).get("taints") or []
+            gpus = int((status.get("allocatable") or {}).get(GPU, 0))
+            if not ready or not fake_cluster.Cluster.tolerates(spec, taints) or gpus < wanted:
+                continue
+            address = next((a["address"] for a in status.get("addresses") or [] if a["type"] == "InternalIP"), "")
+            placed.append(NodeSpec(name, netns=self.namespaces.get(name, ""), address=address, gpus=gpus))
+        return placed
+
+    def _node_count(self) -> int:
+        return len(self.nodes) or sum(1 for key in self.objects if key[:2] == ("", "nodes"))
+
     def _schedule(self, job: dict[str, Any], run: _JobRun, index: int) -> bool:
         """The scheduler's and kubelet's refusals for one pod; True when the pod cannot run."""
         pod = self._pod(run, index)
         assert pod is not None
         spec = pod["spec"]
         namespace = pod["metadata"]["namespace"]
-        count = len(self.nodes)
+        count = self._node_count()
         preempt = f"preemption: 0/{count} nodes are available: {count} Preemption is not helpful for scheduling."
         unschedulable = ""
         for volume in spec.get("volumes") or []:
@@ -1766,9 +1799,9 @@ class ApiServerDouble:
                 )
         container = spec["containers"][0]
         wanted = int(((container.get("resources") or {}).get("limits") or {}).get(GPU, 0))
-        if not unschedulable and wanted and all(n.gpus < wanted for n in self.nodes):
+        if not unschedulable and wanted and all(n.gpus < wanted for n in run.nodes):
             unschedulable = f"0/{count} nodes are available: {count} Insufficient {GPU}. preemption: 0/{count} nodes are available: {count} No preemption victims found for incoming pod."
-        if not unschedulable and index >= count:
+        if not unschedulable and index >= len(run.nodes):
             unschedulable = f"0/{count} nodes are available: TEST DOUBLE: one lab host per completion index. {preempt}"
         if unschedulable:
             pod["status"]["conditions"] = [
@@ -1783,7 +1816,7 @@ class ApiServerDouble:
             self._update(self.resource("", "pods"), pod)
             self.event(pod, "Warning", "FailedScheduling", unschedulable, "default-scheduler")
             return True
-        node = self.nodes[index]
+        node = run.nodes[index]
         spec["nodeName"] = node.name
         pod["status"].update(
             hostIP=node.address,
@@ -1821,7 +1854,10 @@ class ApiServerDouble:
             return True
         self.event(pod, "Normal", "Pulled", f'Container image "{image}" already present on machine', "kubelet")
         if not node.netns:
-            message = f"TEST DOUBLE: node {node.name} has no network namespace to run pods in (give NodeSpec.netns)"
+            message = (
+                f"TEST DOUBLE: node {node.name} has no network namespace to run pods in (give NodeSpec.netns, or"
+                " namespaces= for a joined node)"
+            )
             self._waiting(pod, "ContainerCreating", "")
             self.event(pod, "Warning", "FailedCreatePodSandBox", message, "kubelet")
             return True
@@ -1866,7 +1902,7 @@ class ApiServerDouble:
         }
         standin = _Standin(
             job,
-            [(n.netns, n.address) for n in self.nodes],
+            [(n.netns, n.address) for n in run.nodes],
             image_paths=image.paths,
             image_path_env=image.path_env,
             claims=claims,
@@ -1874,7 +1910,7 @@ class ApiServerDouble:
             workdir=self.folder / "pods" / meta["name"],
             master_delay_s=self.master_delay_s,
         )
-        standin.node_names = {i: self.nodes[i].name for i in range(len(standin.pods))}
+        standin.node_names = {i: run.nodes[i].name for i in range(len(standin.pods))}
         standin.run_state = run
         for pod in standin.pods:
             pod.name = run.pods[pod.index]
@@ -2235,7 +2271,7 @@ class ApiServerDouble:
         }
         if standin_pod.process is None:
             return
-        node = self.nodes[standin_pod.index]
+        node = run.nodes[standin_pod.index]
         status.update(podIP=node.address, podIPs=[{"ip": node.address}], hostIP=node.address)
         status.setdefault("startTime", now())
         if standin_pod.exit_code is None and standin_pod.process.poll() is None:

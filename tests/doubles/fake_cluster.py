@@ -36,8 +36,9 @@ nothing here runs containers. Standard library plus PyYAML only. Its process is 
 name `ss -p` shows for the real API server's process), so a re-run's preflight knows port 6443 as the cluster's own.
 Its model (Cluster) also runs inside the HTTPS API double (fake_apiserver.py) for nodes that join through kubeadm's
 REST flow (kubeadm_rest.py), over the objects stored there: one model for both doubles. The plain-HTTP server here is
-what the full bootstrap's lab (tests/k8s/full_lab.py) still bootstraps against; tests/k8s/test_lab_phases.py's and
-test_kubeadm_rest_lab's labs bootstrap against the API double (the kubeadm double's REST mode).
+what the kubeadm double runs when no API double is named (no lab test does any more): tests/k8s/test_lab_phases.py's,
+test_kubeadm_rest_lab's and the full bootstrap's (tests/k8s/full_lab.py) labs bootstrap against the API double (the
+kubeadm double's REST mode).
     fake_cluster.py serve --state FILE --listen ADDR:PORT
 """
 

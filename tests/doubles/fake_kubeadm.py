@@ -23,7 +23,8 @@ plane's Node; join runs token discovery (cluster-info's JWS, the pinned CA hash)
 token (no CSR); token create/delete write and delete the Secrets with admin.conf's credentials. Each Node carries
 its host's facts (containerd's runtimes, GPUs, bridge-nf-call-iptables) for the double's cluster model.
 tests/doubles/install.api_double serves the double and sets this up for a lab (tests/k8s/test_lab_phases.py,
-test_kubeadm_rest_lab.py); without it (tests/k8s/full_lab.py's lab) the fake cluster stands in.
+test_kubeadm_rest_lab.py, tests/k8s/full_lab.py's); without it the plain-HTTP fake cluster stands in (no lab test
+runs that mode any more).
 """
 
 from __future__ import annotations

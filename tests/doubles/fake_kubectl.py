@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """TEST DOUBLE for kubectl (lab control plane host only): every command line goes to the fake cluster
 (fake_cluster.py), with the content of any `-f FILE`. Needs the admin kubeconfig kubeadm init wrote. Only labs whose
-cluster is the plain-HTTP fake cluster use it (tests/k8s/full_lab.py's); labs whose cluster is the HTTPS API double
+cluster is the plain-HTTP fake cluster use it (no lab test does any more); labs whose cluster is the HTTPS API double
 (fake_apiserver.py) install Debian's real kubectl 1.36 instead (debs.build(settings, kubectl=PATH)).
 
 Upstream contract: kubectl v1.36 against a v1.36 API server. `kubectl apply` sends fieldValidation=Strict

@@ -159,10 +159,12 @@ def api_double(lab: Any, folder: Path, control_plane: str = "node1", **options: 
     bootstrap: served on the gateway inside the lab's namespace on port 6443 with the control plane's address and
     name as SANs; its CA on `control_plane` as /etc/kubernetes/pki/ca.crt and ca.key (kubeadm uses a pre-existing
     CA), with the client certificates kubeadm would sign with it (the lab image has no openssl: fake_kubeadm.GIVEN);
-    `api_double` in every host's settings. `options` go to the double (e.g. history=)."""
+    `api_double` in every host's settings. The pods of Jobs scheduled on a joined node run in its host's network
+    namespace (container and netns hosts; a VM's has none here). `options` go to the double (e.g. history=)."""
     from tests.doubles.fake_apiserver import ApiServerDouble, client_certificate
 
     host = lab.host(control_plane)
+    options.setdefault("namespaces", {h.name: h.namespace for h in lab.hosts if h.namespace})
     with ApiServerDouble(
         folder, nodes=[], host=lab.gateway, port=6443, netns=lab.namespace, sans=(host.address, host.name), **options
     ) as api:
@@ -182,15 +184,3 @@ def calls(lab: Any, host: str, tool: str | None = None) -> list[dict[str, Any]]:
     text = lab.ssh(host, "cat /var/log/pyctl-test-doubles/calls.jsonl 2>/dev/null || true", timeout=30).stdout
     entries = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [e for e in entries if tool is None or e["tool"] == tool]
-
-
-def cluster_state(lab: Any, control_plane: str) -> dict[str, Any]:
-    """The plain-HTTP fake cluster's whole state (tokens minted, nodes, objects), read on the control plane (labs
-    whose cluster is the fake cluster: tests/k8s/full_lab.py; with the API double, read the cluster through the
-    API)."""
-    text = lab.ssh(
-        control_plane,
-        "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:6443/state').read().decode())\"",
-        timeout=30,
-    ).stdout
-    return json.loads(text)

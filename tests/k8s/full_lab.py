@@ -3,12 +3,13 @@
 
     lab = up(full_lab.spec("e2e")).lab                     # node1 a VM (control plane, NFS server), node2 and
     inventory = full_lab.prepare(lab, work / "inv.yml")    # node3 container hosts, node3 gpu=true; Debian 13
-    ... pyctl bootstrap -i inventory (every phase) ...
-    with full_lab.api_double(lab, work / "api", state_dir, inventory, share) as api:
-        ... pyctl train ddp --backend k8s --follow ...
+    with full_lab.api_double(lab, work / "api") as api:    # the cluster, before the bootstrap
+        ... pyctl bootstrap -i inventory (every phase) ...
+        ... full_lab.in_lab(lab, ["pyctl", "train", "ddp", "--backend", "k8s", "--follow", ...]) ...
 
-`prepare` publishes the doubles' packages (kubelet, kubeadm, kubectl, cri-tools, the NVIDIA toolkit; tests/doubles/
-debs.py) in the lab's own signed repositories next to the real containerd 2.x and CNI plugins, installs the doubles'
+`prepare` publishes the doubles' packages (kubelet, kubeadm, cri-tools, the NVIDIA toolkit; tests/doubles/debs.py)
+and Debian's real kubectl 1.36 under pkgs.k8s.io's name and pinned version (the binary scripts/setup --dev puts in
+the venv) in the lab's own signed repositories next to the real containerd 2.x and CNI plugins, installs the doubles'
 code and settings (tests/doubles/install.py; node3 gets one GPU from the nvidia-smi double), and writes the lab's
 inventory adapted to what a lab host can be, each adaptation a documented knob:
 
@@ -22,44 +23,24 @@ inventory adapted to what a lab host can be, each adaptation a documented knob:
 - the preflight's minimums fit a 1-vCPU VM with 1 GiB and the lab's disk, and the control plane and gate waits are
   short (the doubles answer at once).
 
-The seam: `pyctl bootstrap`'s own Kubernetes calls (kubeadm on the hosts, kubectl in the addons and the acceptance
-gate) go to the kubeadm double's fake cluster (tests/doubles/fake_cluster.py: a plain-HTTP model of the cluster on
-node1:6443, driven by the kubectl double), and the admin.conf it fetches points there. Training goes through the
-Kubernetes API double over HTTPS (tests/doubles/fake_apiserver.py), started by `api_double` for the cluster the
-bootstrap built: its nodes are the lab's worker hosts (their network namespaces and addresses; GPUs as the
-bootstrap labelled them in the fake cluster), and its admin.conf replaces the fetched one where pyctl reads it.
-
-Closing the seam (one API double for the bootstrap and training): done for tests/k8s/test_lab_phases.py's lab
-(a 3-host container lab), not yet for this one:
-(a) done: the API double listens inside a lab's network namespace (`netns=`, `host=`, `port=6443`), with the SANs
-    the hosts use and a CA made beforehand (`ca=`); tests/k8s/test_kubeadm_rest.py in process. install.api_double
-    serves it for a lab before the bootstrap (nodes=[], on the gateway, the CA and the client certificates kubeadm
-    signs put on node1 before `kubeadm init`, `api_double` in every host's settings): test_lab_phases' lab and
-    test_kubeadm_rest_lab's. Not done here: pyctl on the controller reaching the fetched admin.conf's server
-    (node1:6443 lives in the lab's namespace; test_lab_phases needs no controller-side API call).
-(b) done: kubeadm's token, cluster-info, discovery and Node registration over REST (tests/doubles/kubeadm_rest.py),
-    the kubeadm double's REST mode (tests/k8s/test_kubeadm_rest_lab.py), and test_lab_phases' whole bootstrap
-    (init, joins, an interrupted join repaired, node add, preflight regressions, reset) through it.
-(c) done: the fake cluster's model (flannel, device plugin, RuntimeClass handlers, the claim, the acceptance gate's
-    smoke/GPU/write/read pods) runs in the API double for joined nodes (tests/k8s/test_apiserver_cluster_model.py),
-    and test_lab_phases' checks read the cluster through the API (the real kubectl on node1; the double's audit
-    record and its history of bootstrap-token Secrets) instead of install.cluster_state.
-(d) done: debs.build(settings, kubectl=PATH) packages Debian's kubectl 1.36 (sid's build, the binary scripts/setup
-    --dev puts in the venv) as pkgs.k8s.io's `kubectl` at the pinned version; test_lab_phases' roles install it
-    from the lab's repository and run their kubectl calls (API wait, flannel, label, device plugin, claim, gate)
-    with it over TLS.
-Next, for this lab: `prepare` builds the debs with kubectl=, install.api_double is served before the bootstrap (the
-one double then also trains, so `api_double` below stops making its own and node_specs reads the joined Nodes), the
-Job pods of joined nodes go to the kubelet stand-in in their host's namespace (today a double given NodeSpecs sends
-standalone pods without nodeName to the stand-in, joined nodes' to the model), pyctl on the controller reaches
-node1:6443 (its commands run inside the lab's namespace, or the admin.conf it reads names the gateway), and
-test_full_bootstrap reads the cluster through the API instead of install.cluster_state.
+The cluster is one HTTPS Kubernetes API double (tests/doubles/fake_apiserver.py) for the bootstrap and training,
+served by `api_double` before the bootstrap on the lab's gateway inside its network namespace (install.api_double):
+kubeadm init, join and token go to it over REST (the kubeadm double's REST mode, its CA given on node1), node1's port
+6443 is forwarded to it, and the roles' kubectl calls (the API wait, flannel, the device plugin's label and manifests,
+the claim, the acceptance gate) reach it over TLS with Debian's real kubectl and the admin.conf kubeadm wrote. Its
+cluster model (fake_cluster.Cluster) judges the joined nodes, add-ons, GPUs and the gate's pods. The admin.conf
+`pyctl bootstrap` fetches names node1:6443, as a real one names the control plane: pyctl's own API calls (`pyctl
+train --backend k8s`) run on the lab's network (`in_lab`: inside its network namespace), as a user's controller sits
+on the nodes' network. A Job's pods go to the joined nodes the scheduler finds feasible (Ready, the control plane's
+taint not tolerated, enough GPUs), and the double's kubelet stand-in runs each in its worker host's network
+namespace as processes with this machine's payload environments (images pyctl-ddp:cpu and pyctl-distdgl:cpu), so the
+DDP and DistDGL jobs train for real; the claim is a folder of this machine (the container hosts cannot mount the
+VM's NFS export).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
 import threading
@@ -72,8 +53,8 @@ import yaml
 
 from tests.doubles import debs, install
 
-GPU = "nvidia.com/gpu"
 OS = "debian-13"
+KUBECTL = Path(sys.executable).parent / "kubectl"  # Debian sid's 1.36 build, as scripts/setup --dev installs it
 # The waits of the control plane and the acceptance gate: the doubles answer at once (test_lab_phases' values).
 WAITS = {"control_plane_api_wait_seconds": 30, "verify_timeout_seconds": 8, "verify_poll_seconds": 1}
 # The preflight's minimums on lab hosts: a TCG VM has 1 vCPU and 1 GiB; the lab's disks hold a few GiB free.
@@ -101,11 +82,14 @@ def gpus(lab: Any) -> dict[str, int]:
 
 
 def prepare(lab: Any, inventory: Path) -> Path:
-    """Publish the doubles' packages, install the doubles, and write the adapted inventory to `inventory`."""
+    """Publish the doubles' packages and the real kubectl, install the doubles, and write the adapted inventory to
+    `inventory`."""
     from pyctl.config import load_settings
     from pyctl.lab import repo
 
-    repo.publish(lab, debs.build(load_settings()))
+    if not KUBECTL.is_file():
+        raise FileNotFoundError(f"kubectl 1.36 is not at {KUBECTL}: run scripts/setup --dev")
+    repo.publish(lab, debs.build(load_settings(), kubectl=KUBECTL))
     install.install(lab, gpus=gpus(lab), packaged=True)
     inventory.parent.mkdir(parents=True, exist_ok=True)
     inventory.write_text(yaml.safe_dump(adapt(lab), sort_keys=False), encoding="utf-8")
@@ -150,45 +134,24 @@ def control_plane(lab: Any) -> str:
     return next(h.name for h in lab.hosts if "control_plane" in h.groups)
 
 
-def node_specs(lab: Any) -> list[Any]:
-    """The API double's nodes: the lab's workers, with the GPUs the bootstrap made allocatable in the fake cluster
-    (a node counts its nvidia-smi GPUs only where the device plugin landed: the label nvidia.com/gpu.present)."""
-    from tests.doubles.fake_apiserver import NodeSpec
-
-    nodes = install.cluster_state(lab, control_plane(lab))["nodes"]
-    specs = []
-    for host in workers(lab):
-        node = nodes[host.name]
-        count = node.get("gpus", 0) if node["labels"].get(f"{GPU}.present") == "true" else 0
-        specs.append(NodeSpec(host.name, netns=host.namespace, address=host.address, gpus=count))
-    return specs
+def in_lab(lab: Any, argv: list[str]) -> list[str]:
+    """`argv` run on the lab's network, inside its network namespace: where a controller on the nodes' network
+    reaches node1:6443, as the admin.conf the bootstrap fetched names it."""
+    return ["nsenter", f"--net=/run/netns/{lab.namespace}", *argv]
 
 
 @contextmanager
-def api_double(
-    lab: Any, folder: Path, state_dir: Path, inventory: Path, share: Path, distdgl_python: Path | None = None
-) -> Iterator[Any]:
-    """The HTTPS API double for the cluster the bootstrap built, its admin.conf where pyctl reads the cluster's.
-    The fetched admin.conf (the fake cluster's) is kept beside it as admin.conf.fake-cluster and put back after."""
-    from tests.doubles.fake_apiserver import ApiServerDouble
-    from tests.train.apiserver_support import ddp_image, distdgl_image, install_kubeconfig
+def api_double(lab: Any, folder: Path, distdgl_python: Path | None = None, **options: Any) -> Iterator[Any]:
+    """The lab's cluster, served before the bootstrap and for training (install.api_double): the HTTPS API double on
+    the lab's gateway, its CA on the control plane, the images the payloads' Jobs use (pyctl-distdgl:cpu only with
+    `distdgl_python`, the DistDGL environment). `options` go to the double (e.g. history=)."""
+    from tests.train.apiserver_support import ddp_image, distdgl_image
 
     images = {"pyctl-ddp:cpu": ddp_image()}
     if distdgl_python is not None:
         images["pyctl-distdgl:cpu"] = distdgl_image(distdgl_python)
-    with ApiServerDouble(folder, nodes=node_specs(lab), images=images, claims={"pyctl-shared": share}) as api:
-        from pyctl.inventory import load
-
-        fetched = state_dir / "clusters" / load(inventory).name / "admin.conf"
-        kept = fetched.with_name("admin.conf.fake-cluster")
-        if fetched.exists():
-            shutil.copy2(fetched, kept)
-        install_kubeconfig(api, state_dir, inventory)
-        try:
-            yield api
-        finally:
-            if kept.exists():
-                kept.replace(fetched)
+    with install.api_double(lab, folder, control_plane(lab), images=images, **options) as api:
+        yield api
 
 
 # --- scripts/demo --full ------------------------------------------------------------------------------------------
@@ -200,11 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare", help="publish the doubles' packages, install the doubles, write the inventory")
     prep.add_argument("lab")
     prep.add_argument("inventory", type=Path)
-    serve = sub.add_parser("serve-api", help="run the HTTPS API double for the lab's cluster until stopped")
+    serve = sub.add_parser("serve-api", help="serve the lab's cluster (the HTTPS API double) until stopped")
     serve.add_argument("lab")
-    serve.add_argument("inventory", type=Path)
-    serve.add_argument("--state-dir", type=Path, required=True)
-    serve.add_argument("--folder", type=Path, required=True, help="the double's files and the claim's folder")
+    serve.add_argument("--folder", type=Path, required=True, help="the double's files and the claims' folders")
+    serve.add_argument("--distdgl-python", type=Path, help="the DistDGL environment's python (pyctl-distdgl:cpu)")
     args = parser.parse_args(argv)
     from pyctl.lab import get
 
@@ -215,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    share = args.folder / "claim-pyctl-shared"
-    share.mkdir(parents=True, exist_ok=True)
-    with api_double(lab, args.folder / "api", args.state_dir, args.inventory.resolve(), share) as api:
-        nodes = ", ".join(f"{n.name} ({n.gpus} GPU)" for n in api.nodes)
-        print(f"TEST DOUBLE: Kubernetes API server double at {api.server}; nodes {nodes}", flush=True)
+    with api_double(lab, args.folder.resolve() / "api", args.distdgl_python) as api:
+        print(
+            f"TEST DOUBLE: Kubernetes API server double at {api.server} in network namespace {lab.namespace}"
+            f" (reached as {lab.host(control_plane(lab)).address}:6443 once kubeadm init forwards it)",
+            flush=True,
+        )
         stop.wait()
     return 0
 

@@ -10,18 +10,21 @@ DistDGL job run through `pyctl train ... --backend k8s --follow` to their test a
 node state and containerd 2.x come back, and a re-run of the node phases changes nothing (the reboot test; this VM
 replaced a 2-VM lab of its own in tests/roles).
 
-Where the seam is: every Kubernetes call of the bootstrap (kubeadm init/join/token on the hosts, the addons' and the
-acceptance gate's kubectl on node1) goes to the kubeadm double's fake cluster (tests/doubles/fake_cluster.py, a
-plain-HTTP model on node1:6443 driven by the kubectl double), and the admin.conf the bootstrap fetches points
-there. Training goes through the HTTPS Kubernetes API double (tests/doubles/fake_apiserver.py) started for the
-cluster the bootstrap built: its nodes are the lab's workers (their network namespaces and addresses, GPUs as the
-bootstrap labelled them in the fake cluster), its admin.conf put where pyctl reads the cluster's, and its kubelet
-stand-in runs each pod as processes in a worker's network namespace, with this machine's payload environments.
-The claim is a folder of this machine (the container hosts cannot mount the VM's NFS export).
+The cluster is one HTTPS Kubernetes API double (tests/doubles/fake_apiserver.py) for the bootstrap and training,
+served before the bootstrap on the lab's gateway (full_lab.api_double): kubeadm init, join and token reach it over
+REST (the kubeadm double's REST mode), node1:6443 is forwarded to it, and the roles' kubectl calls (Debian's real
+kubectl 1.36, installed from the lab's repository as pkgs.k8s.io's kubectl) speak TLS to it with the admin.conf
+kubeadm wrote. The admin.conf the bootstrap fetches is used as it is: `pyctl train` runs on the lab's network (inside
+its network namespace, as a controller on the nodes' network), the Jobs' pods go to the joined workers the scheduler
+finds feasible, and the double's kubelet stand-in runs each as processes in its worker's network namespace with this
+machine's payload environments. The tests read the cluster through the API (the real kubectl on node1, and the
+double's record of the requests it served). The claim is a folder of this machine (the container hosts cannot mount
+the VM's NFS export).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -30,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,6 +44,7 @@ from tests.k8s import full_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
+GPU = "nvidia.com/gpu"
 K8S_PACKAGES = ("kubelet", "kubeadm", "kubectl", "cri-tools", "kubernetes-cni")
 FAST_DDP = ["--dataset", "digits", "--batch-size", "32", "--lr", "0.05", "--threads", "1", "--epochs", "4"]
 DISTDGL = [
@@ -57,18 +62,22 @@ DISTDGL = [
 
 @dataclass
 class Ctx:
-    lab: object
+    lab: Any
     inventory: Path
     state: Path
     work: Path
+    api: Any  # the API double (fake_apiserver.ApiServerDouble) the cluster is
+    dgl_python: Path | None
     runs: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def pyctl(self, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    def pyctl(self, *args: str, timeout: int = 1800, in_lab: bool = False) -> subprocess.CompletedProcess:
+        """`pyctl ARGS`; `in_lab`: on the lab's network, where the fetched admin.conf's node1:6443 answers."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYCTL_", "PET_", "TORCH"))}
         env.update(PYCTL_STATE_DIR=str(self.state), PYCTL_CONFIG=str(self.state / "none.toml"))
+        argv = [sys.executable, "-m", "pyctl", *args]
         return subprocess.run(
-            [sys.executable, "-m", "pyctl", *args],
+            full_lab.in_lab(self.lab, argv) if in_lab else argv,
             capture_output=True,
             text=True,
             env=env,
@@ -87,22 +96,41 @@ class Ctx:
     def ssh(self, host: str, command: str) -> str:
         return self.lab.ssh(host, command, timeout=120).stdout
 
+    def kubectl(self, command: str) -> Any:
+        """The real kubectl on the control plane, through node1:6443 to the API double; its JSON output."""
+        return json.loads(self.ssh("node1", f"kubectl --kubeconfig /etc/kubernetes/admin.conf {command} -o json"))
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["metadata"]["name"]: n for n in self.kubectl("get nodes")["items"]}
+
+
+def ready(node: dict[str, Any]) -> str:
+    return next(c["status"] for c in node["status"].get("conditions") or [] if c["type"] == "Ready")
+
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory) -> Ctx:
     require_root()
+    if not full_lab.KUBECTL.is_file():
+        pytest.skip(f"kubectl 1.36 is not at {full_lab.KUBECTL}: run scripts/setup --dev")
     from pyctl.lab import down, up
+    from tests.train.conftest import REPO
 
+    dgl_python = Path(os.environ.get("PYCTL_DISTDGL_PYTHON", REPO / ".venv-distdgl" / "bin" / "python"))
+    dgl_python = dgl_python if dgl_python.exists() else None
     name = unique_lab_name("e2e")
     work = tmp_path_factory.mktemp("full-bootstrap")
     started = time.monotonic()
     try:
         lab = up(full_lab.spec(name)).lab
-        ctx = Ctx(lab, full_lab.prepare(lab, work / "inventory.yml"), work / "state", work)
-        ctx.seconds["lab"] = time.monotonic() - started
-        yield ctx
-        ctx.seconds["module"] = time.monotonic() - started
-        print(f"\nfull bootstrap module: {json.dumps({k: round(v) for k, v in ctx.seconds.items()})} s")
+        inventory = full_lab.prepare(lab, work / "inventory.yml")
+        with full_lab.api_double(lab, work / "api", dgl_python) as api:
+            ctx = Ctx(lab, inventory, work / "state", work, api, dgl_python)
+            ctx.seconds["lab"] = time.monotonic() - started
+            yield ctx
+            ctx.seconds["module"] = time.monotonic() - started
+            print(f"\nfull bootstrap module: {json.dumps({k: round(v) for k, v in ctx.seconds.items()})} s")
+            assert not [w for w in api.warnings if w.startswith(("controller error", "server error"))], api.warnings
     finally:
         down(name)
         assert lab_leftovers(name) == []
@@ -150,12 +178,18 @@ def test_every_phase_on_fresh_hosts_passes_the_acceptance_gate(e2e):
         waived = re.search(rf"ok\s+{host.name}\s+Warn that the lab waives cgroup v2 on this host$", result.stdout, re.M)
         assert bool(waived) == (cgroup != "cgroup2fs"), cgroup
     assert "node1 is not on cgroup v2" not in result.stdout  # the VM has a kernel of its own
-    state = install.cluster_state(e2e.lab, "node1")
-    assert sorted(state["nodes"]) == ["node1", "node2", "node3"]
-    assert (
-        state["nodes"]["node3"]["labels"]["nvidia.com/gpu.present"] == "true" and state["nodes"]["node3"]["gpus"] == 1
-    )
-    assert "nvidia.com/gpu.present" not in state["nodes"]["node2"]["labels"]
+    # the cluster, read through the API (Debian's kubectl 1.36 on node1, over TLS to the API double): the three
+    # hosts joined and Ready (flannel runs), node3's GPU labelled and advertised (the device plugin runs there)
+    nodes = e2e.nodes()
+    assert sorted(nodes) == ["node1", "node2", "node3"] and {ready(n) for n in nodes.values()} == {"True"}
+    assert nodes["node3"]["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
+    allocatable = {name: n["status"]["allocatable"].get(GPU) for name, n in nodes.items()}
+    assert allocatable == {"node1": None, "node2": None, "node3": "1"}
+    assert "nvidia.com/gpu.present" not in nodes["node2"]["metadata"]["labels"]
+    taints = [t["key"] for t in nodes["node1"]["spec"].get("taints") or []]
+    assert taints == ["node-role.kubernetes.io/control-plane"]
+    version = e2e.ssh("node1", "kubectl --kubeconfig /etc/kubernetes/admin.conf version")
+    assert "Client Version: v1.36." in version and "Server Version: v1.36" in version
 
 
 def test_the_packages_come_from_the_labs_repositories_pinned_and_held(e2e):
@@ -204,16 +238,17 @@ def test_node1s_kernel_serves_the_nfs_export_and_the_container_hosts_get_the_cli
     for host in full_lab.workers(e2e.lab):  # container hosts: the client installed, no mount (no NFS here)
         assert "install ok installed" in e2e.ssh(host.name, "dpkg-query -W -f='${Status}' nfs-common")
         assert e2e.ssh(host.name, "findmnt --noheadings --mountpoint /mnt/pyctl || true").strip() == ""
-    # the shared claim's volume is the export on node1
-    volumes = [
-        o for k, o in install.cluster_state(e2e.lab, "node1")["objects"].items() if k.startswith("PersistentVolume/")
-    ]
+    # the shared claim's volume is the export on node1, and the claim is bound to it (read through the API)
+    volumes = e2e.kubectl("get persistentvolumes")["items"]
     assert [v["spec"]["nfs"] for v in volumes] == [{"server": node1.address, "path": "/srv/pyctl"}], volumes
+    claim = e2e.kubectl("get persistentvolumeclaim pyctl-shared -n default")
+    assert claim["status"]["phase"] == "Bound" and claim["spec"]["volumeName"] == volumes[0]["metadata"]["name"]
 
 
 def test_a_second_run_changes_nothing(e2e):
     assert e2e.bootstrap("first").returncode == 0
     before = [c["argv"][:2] for c in install.calls(e2e.lab, "node1", "kubeadm")]
+    served = len(e2e.api.audit)
     result = e2e.bootstrap("second")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
     rows = recap(result.stdout)
@@ -221,51 +256,54 @@ def test_a_second_run_changes_nothing(e2e):
     assert all(row[1] == 0 for row in rows.values()), rows  # changed = 0 on every host
     after = [c["argv"][:2] for c in install.calls(e2e.lab, "node1", "kubeadm")]
     assert not [a for a in after[len(before) :] if a[0] in ("init", "token")], after[len(before) :]
+    # through the API: no bootstrap token was minted, no Node registered or removed
+    writes = [(m, p) for m, p, _ in e2e.api.audit[served:] if m in ("POST", "DELETE")]
+    assert not [w for w in writes if w[1].endswith("/secrets") or w[1].startswith("/api/v1/nodes")], writes
 
 
 def test_ddp_and_distdgl_through_the_k8s_backend_finish_with_their_accuracy(e2e):
-    from tests.train.conftest import REPO, need_ddp_python
+    from tests.train.conftest import need_ddp_python
 
     assert e2e.bootstrap("first").returncode == 0
     need_ddp_python()
+    # pyctl reads the admin.conf the bootstrap fetched, as it is: kubeadm's, naming node1:6443 (forwarded to the API
+    # double) and the cluster CA kubeadm was given
     fetched = e2e.state / "clusters" / "node1" / "admin.conf"
-    server = yaml.safe_load(fetched.read_text())["clusters"][0]["cluster"]["server"]
-    assert server == f"https://{e2e.lab.host('node1').address}:6443"  # the fake cluster's, from the bootstrap
-    dgl_python = Path(os.environ.get("PYCTL_DISTDGL_PYTHON", REPO / ".venv-distdgl" / "bin" / "python"))
-    dgl_python = dgl_python if dgl_python.exists() else None
-    share = e2e.work / "claim"
-    share.mkdir()
-    with full_lab.api_double(e2e.lab, e2e.work / "api", e2e.state, e2e.inventory, share, dgl_python) as api:
-        assert [(n.name, n.gpus) for n in api.nodes] == [("node2", 0), ("node3", 1)]
-        inventory = str(e2e.inventory)
-        common = ["-i", inventory, "--backend", "k8s", "--start-timeout", "120", "--follow"]
-        start = time.monotonic()
-        ddp = e2e.pyctl("train", "ddp", *common, "--nodes", "2", *FAST_DDP, timeout=600)
-        e2e.seconds["ddp"] = time.monotonic() - start
-        assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-        summaries = [
-            json.loads(ln.split("PYCTL_SUMMARY ", 1)[1]) for ln in ddp.stdout.splitlines() if "PYCTL_SUMMARY " in ln
-        ]
-        assert len(summaries) == 1 and summaries[0]["world_size"] == 2 and summaries[0]["test_accuracy"] >= 0.90
-        assert re.search(r"job (\S+) succeeded: the Job completed; test accuracy 0\.\d+", ddp.stderr), ddp.stderr
-        # Where the scheduler put each pod, from its Scheduled event: when node 0 finishes first, the Job's success
-        # policy has the controller stop and delete node 1's pod (as the real one does), but the event stays.
-        placed = {
-            re.search(r" to (\S+)$", event["message"])[1]
-            for event in api.list("", "events")
-            if event["reason"] == "Scheduled" and event["involvedObject"]["kind"] == "Pod"
-        }
-        assert placed == {"node2", "node3"}
-        if dgl_python is None:
-            pytest.skip("the DistDGL environment (.venv-distdgl) is missing; the DDP job ran")
-        start = time.monotonic()
-        dgl = e2e.pyctl("train", "distdgl", *common, "--num-parts", "2", *DISTDGL, timeout=600)
-        e2e.seconds["distdgl"] = time.monotonic() - start
-        assert dgl.returncode == 0, dgl.stdout[-3000:] + dgl.stderr[-3000:]
-        match = re.search(r"job (\S+) succeeded: the Job completed; test accuracy (0\.\d+)", dgl.stderr)
-        assert match and float(match[2]) >= 0.80, dgl.stderr
-        assert api.warnings == [], "pyctl sent a field the 1.36 schema does not know"
-    assert yaml.safe_load(fetched.read_text())["clusters"][0]["cluster"]["server"] == server  # put back
+    kept = fetched.read_bytes()
+    cluster = yaml.safe_load(kept)["clusters"][0]["cluster"]
+    assert cluster["server"] == f"https://{e2e.lab.host('node1').address}:6443"
+    assert base64.b64decode(cluster["certificate-authority-data"]) == e2e.api.pki["ca.crt"].read_bytes()
+    warned = len(e2e.api.warnings)
+    inventory = str(e2e.inventory)
+    common = ["-i", inventory, "--backend", "k8s", "--start-timeout", "120", "--follow"]
+    start = time.monotonic()
+    ddp = e2e.pyctl("train", "ddp", *common, "--nodes", "2", *FAST_DDP, timeout=600, in_lab=True)
+    e2e.seconds["ddp"] = time.monotonic() - start
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    summaries = [
+        json.loads(ln.split("PYCTL_SUMMARY ", 1)[1]) for ln in ddp.stdout.splitlines() if "PYCTL_SUMMARY " in ln
+    ]
+    assert len(summaries) == 1 and summaries[0]["world_size"] == 2 and summaries[0]["test_accuracy"] >= 0.90
+    assert re.search(r"job (\S+) succeeded: the Job completed; test accuracy 0\.\d+", ddp.stderr), ddp.stderr
+    # Where the scheduler put each pod, from its Scheduled event: the joined workers (node1 keeps kubeadm's
+    # control-plane taint). When node 0 finishes first, the Job's success policy has the controller stop and delete
+    # node 1's pod (as the real one does), but the event stays.
+    placed = {
+        re.search(r" to (\S+)$", event["message"])[1]
+        for event in e2e.api.list("", "events")
+        if event["reason"] == "Scheduled" and event["involvedObject"]["kind"] == "Pod"
+    }
+    assert placed == {"node2", "node3"}
+    if e2e.dgl_python is None:
+        pytest.skip("the DistDGL environment (.venv-distdgl) is missing; the DDP job ran")
+    start = time.monotonic()
+    dgl = e2e.pyctl("train", "distdgl", *common, "--num-parts", "2", *DISTDGL, timeout=600, in_lab=True)
+    e2e.seconds["distdgl"] = time.monotonic() - start
+    assert dgl.returncode == 0, dgl.stdout[-3000:] + dgl.stderr[-3000:]
+    match = re.search(r"job (\S+) succeeded: the Job completed; test accuracy (0\.\d+)", dgl.stderr)
+    assert match and float(match[2]) >= 0.80, dgl.stderr
+    assert e2e.api.warnings[warned:] == [], "pyctl sent a field the 1.36 schema does not know"
+    assert fetched.read_bytes() == kept  # nothing replaced it
 
 
 NODE_PHASES = "prepare_nodes,container_runtime,storage,ssh_trust"
