@@ -21,27 +21,43 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # --- the lab pass in two processes ------------------------------------------------------------------
-# scripts/test runs the lab tests with `pytest -n 2 --dist loadgroup`: each process takes one group whole, in
-# collection order. "vm" holds the tests whose time goes mostly to one QEMU VM under TCG (one core, while
-# their controller waits): the whole-bootstrap module and the roles' Molecule and container-host tests (they
-# share tests/roles' session labs). "hosts" holds the rest (netns and container hosts, the controller's
-# Ansible, the payloads), which keep the other core busy. A session lab is only shared inside one group.
+# scripts/test runs the lab tests as two pytest processes side by side, `--lab-group vm` and `--lab-group hosts`,
+# each in collection order. "vm" holds the tests whose time goes mostly to one QEMU VM under TCG (one core, while
+# their controller waits): the whole-bootstrap module and the roles' Molecule and container-host tests (they share
+# tests/roles' session labs). "hosts" holds the rest (netns and container hosts, the controller's Ansible, the
+# payloads), which keep the other core busy. A session lab is only shared inside one group. (pytest-xdist's
+# `--dist loadgroup` would do this in one command, but xdist 3.8 renames tests through an attribute pytest 9.2 no
+# longer reads, so its groups are ignored and a module's tests, with their module fixtures, land on both workers.)
 VM_GROUP_PATHS = (
     "tests/k8s/test_full_bootstrap.py",
     "tests/roles/test_molecule.py",
     "tests/roles/test_container_hosts.py",
 )
+LAB_GROUPS = ("vm", "hosts")
 
 
 def lab_group(nodeid: str) -> str:
     return "vm" if nodeid.split("::", 1)[0] in VM_GROUP_PATHS else "hosts"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the marks under --dist loadgroup
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--lab-group",
+        choices=LAB_GROUPS,
+        default=None,
+        help="only the tests of this group (tests/conftest.py, lab_group): scripts/test runs the two side by side",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("lab") or item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group(lab_group(item.nodeid)))
+    group = config.getoption("--lab-group")
+    if group is None:
+        return
+    keep = [item for item in items if lab_group(item.nodeid) == group]
+    dropped = [item for item in items if lab_group(item.nodeid) != group]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture

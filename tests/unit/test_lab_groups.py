@@ -18,27 +18,22 @@ def test_every_module_named_for_the_vm_group_exists_and_the_rest_go_to_hosts():
     assert lab_group("tests/train/test_ssh_backend.py::test_x[a::b]") == "hosts"
 
 
-def test_each_lab_test_carries_its_group_mark_and_scripts_test_runs_them_by_group():
-    # What pytest-xdist reads under --dist loadgroup: every selected lab test has exactly one xdist_group mark.
-    probe = (
-        "import pytest, sys\n"
-        "class Grab:\n"
-        "    def pytest_collection_finish(self, session):\n"
-        "        for item in session.items:\n"
-        "            marks = [m.args[0] for m in item.iter_markers('xdist_group')]\n"
-        "            print('GROUP', item.nodeid.split('::')[0], ','.join(marks))\n"
-        "sys.exit(pytest.main(['-q', '--collect-only', '-m', 'lab or slow', '-p', 'no:cacheprovider'],"
-        " plugins=[Grab()]))\n"
-    )
+def collected(*args: str) -> set[str]:
     result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", "-m", "lab or slow", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    groups = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("GROUP "):
-            _, path, marks = line.split(" ", 2)
-            groups.setdefault(marks, set()).add(path)
-    assert set(groups) == {"vm", "hosts"}, groups
-    assert groups["vm"] == set(VM_GROUP_PATHS)
-    assert '-n 2 --dist loadgroup -m "lab or slow"' in (REPO / "scripts" / "test").read_text()
+    return {line for line in result.stdout.splitlines() if "::" in line}
+
+
+def test_the_two_groups_split_the_lab_tests_whole_modules_at_a_time():
+    every, vm, hosts = collected(), collected("--lab-group", "vm"), collected("--lab-group", "hosts")
+    assert vm and hosts and not vm & hosts and vm | hosts == every
+    assert {test.split("::")[0] for test in vm} == set(VM_GROUP_PATHS)
+    script = (REPO / "scripts" / "test").read_text()
+    assert "for group in vm hosts; do" in script and '--lab-group "$group"' in script
